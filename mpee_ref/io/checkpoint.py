@@ -1,0 +1,131 @@
+"""Load mpee_ref checkpoints (and, converting in memory, plain HF BERT folders).
+
+A converted folder holds ``config.json``, ``model.safetensors`` (fp32, our names, metadata
+``format=mpee_ref``) and ``vocab.txt``; see ``weights/README.md``. Every load validates keys, shapes
+and dtypes against the config's key table (:func:`mpee_ref.io.convert.expected_shapes`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from ..config import BertConfig
+from ..encoder import BertEncoder
+from .convert import (CONFIG_NAME, FORMAT, FORMAT_VERSION, VOCAB_NAME, WEIGHTS_NAME, check_state_dict,
+                      read_hf_folder, read_tensor_file)
+
+
+def read_config(folder: str | Path) -> BertConfig:
+    """The :class:`BertConfig` of a checkpoint folder (converted or HF), from its ``config.json``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such checkpoint folder")
+    return BertConfig.from_json_file(folder / CONFIG_NAME)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors header metadata of ``path`` (``{}`` if none); ``ValueError`` if unreadable."""
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """All tensors of a ``.safetensors`` file, on CPU. ``.bin`` is refused (convert it first)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: load_state_dict_file reads .safetensors only; convert other formats "
+                         f"with `python -m mpee_ref convert`")
+    return read_tensor_file(path)
+
+
+def is_converted(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a ``model.safetensors`` written by our converter (any version)."""
+    p = Path(folder) / WEIGHTS_NAME
+    return p.is_file() and read_metadata(p).get("format") == FORMAT
+
+
+def load_converted_state(folder: str | Path) -> tuple[BertConfig, dict[str, Tensor]]:
+    """Config and validated tensors of a converted folder."""
+    folder = Path(folder)
+    cfg = read_config(folder)
+    path = folder / WEIGHTS_NAME
+    meta = read_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an mpee_ref checkpoint (metadata format {meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {meta.get('format_version')!r}, this mpee_ref reads "
+                         f"{FORMAT_VERSION!r}; re-run the converter")
+    if not (folder / VOCAB_NAME).is_file():
+        raise FileNotFoundError(f"{folder / VOCAB_NAME}: missing from the converted folder")
+    state = load_state_dict_file(path)
+    check_state_dict(state, cfg, path)
+    bad = sorted(k for k, v in state.items() if v.dtype != torch.float32)
+    if bad:
+        raise ValueError(f"{path}: tensors must be float32 in format {FORMAT_VERSION}, got "
+                         f"{state[bad[0]].dtype} for {', '.join(bad[:5])}")
+    return cfg, state
+
+
+_INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_", "trunc_normal_")
+
+
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """Make ``torch.nn.init`` fills no-ops while a model is built only to receive loaded tensors.
+
+    The same trick as transformers' ``no_init_weights``: without it, the first random fill on the
+    meta device costs ~3 s of one-time imports. Not thread-safe (patches module attributes).
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
+def encoder_from_state(cfg: BertConfig, state: dict[str, Tensor],
+                       dtype: torch.dtype = torch.float32) -> BertEncoder:
+    """A :class:`BertEncoder` in eval mode holding ``state`` (validated beforehand), cast to ``dtype``."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    with torch.device("meta"), _skip_init():   # no wasted random init; tensors are assigned below
+        model = BertEncoder(cfg)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(dtype).eval()
+
+
+def load_encoder(folder: str | Path, dtype: torch.dtype = torch.float32, *,
+                 allow_missing_pooler: bool = False) -> BertEncoder:
+    """Load a :class:`BertEncoder` (eval mode) from a converted folder or an unconverted HF folder.
+
+    Args:
+        folder: a folder written by :func:`~mpee_ref.io.convert.convert_checkpoint`, or an HF BERT
+            folder (``config.json`` + ``model.safetensors``/``pytorch_model.bin``), converted in memory
+            with the same key table.
+        dtype: parameter dtype of the returned model (weights are stored in float32).
+        allow_missing_pooler: for HF folders only, as in ``convert_checkpoint``.
+    Raises:
+        FileNotFoundError / ValueError naming the file and every key/shape problem.
+    """
+    folder = Path(folder)
+    if is_converted(folder):
+        cfg, state = load_converted_state(folder)
+    else:
+        ckpt = read_hf_folder(folder, allow_missing_pooler=allow_missing_pooler)
+        cfg, state = ckpt.config, ckpt.state
+    return encoder_from_state(cfg, state, dtype)

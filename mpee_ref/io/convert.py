@@ -1,0 +1,370 @@
+"""Convert a Hugging Face BERT checkpoint folder into mpee_ref's on-disk format.
+
+The conversion is an explicit key table (:func:`expected_shapes`), built from the config: 5 embedding
+tensors, 16 tensors per layer, 2 pooler tensors. Our module's parameter names *are* HF ``BertModel``
+names without a prefix (see ``mpee_ref/encoder/model.py``), so the table maps a name to itself; the
+work is in accepting the layouts found in the wild and refusing everything else loudly:
+
+* keys with a ``bert.`` prefix (``BertFor*`` models) or none (``BertModel``, sentence-transformers);
+* task heads ``classifier.*`` (``BertForSequenceClassification``), ``cls.*`` (``BertForPreTraining``,
+  ``BertForMaskedLM``) and ``qa_outputs.*`` are **dropped** (the early-exit classifiers of MPEE are
+  trained from scratch, like the authors' code does);
+* old TF-port names ``LayerNorm.gamma`` / ``LayerNorm.beta`` are renamed ``.weight`` / ``.bias``;
+* buffers ``embeddings.position_ids`` / ``embeddings.token_type_ids`` are ignored;
+* fp16 / bf16 / fp64 tensors are cast to fp32 (the report says so);
+* missing, unexpected, mis-shaped or non-float tensors raise ONE ``ValueError`` naming the file and
+  listing every problem.
+
+Output folder (see ``weights/README.md``): ``model.safetensors`` (fp32, our names, metadata
+``{"format": "mpee_ref", "format_version": "1", ...}``), ``config.json`` (``BertConfig.to_dict()`` +
+``architectures`` + tokenizer options ``do_lower_case`` / ``strip_accents``) and ``vocab.txt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from ..config import BertConfig
+
+FORMAT = "mpee_ref"
+FORMAT_VERSION = "1"
+WEIGHTS_NAME = "model.safetensors"
+BIN_NAME = "pytorch_model.bin"
+CONFIG_NAME = "config.json"
+VOCAB_NAME = "vocab.txt"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+
+#: Prefixes a BERT body may sit under in a source checkpoint ("" = bare BertModel keys).
+SOURCE_PREFIXES = ("", "bert.", "0.auto_model.", "auto_model.")
+#: Task heads that are dropped by design (not errors).
+HEAD_PREFIXES = ("classifier.", "cls.", "qa_outputs.")
+#: Non-parameter buffers some checkpoints save; ignored.
+IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+POOLER_KEYS = ("pooler.dense.weight", "pooler.dense.bias")
+_MAX_LISTED = 20
+
+
+def expected_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
+    """The key table: every tensor of :class:`~mpee_ref.encoder.BertEncoder` and its shape.
+
+    Names equal HF ``BertModel`` state-dict keys without prefix. Order: embeddings, layers, pooler.
+    """
+    V, P, TV = cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    table: dict[str, tuple[int, ...]] = {
+        "embeddings.word_embeddings.weight": (V, D),
+        "embeddings.position_embeddings.weight": (P, D),
+        "embeddings.token_type_embeddings.weight": (TV, D),
+        "embeddings.LayerNorm.weight": (D,),
+        "embeddings.LayerNorm.bias": (D,),
+    }
+    per_layer = {
+        "attention.self.query.weight": (D, D), "attention.self.query.bias": (D,),
+        "attention.self.key.weight": (D, D), "attention.self.key.bias": (D,),
+        "attention.self.value.weight": (D, D), "attention.self.value.bias": (D,),
+        "attention.output.dense.weight": (D, D), "attention.output.dense.bias": (D,),
+        "attention.output.LayerNorm.weight": (D,), "attention.output.LayerNorm.bias": (D,),
+        "intermediate.dense.weight": (F, D), "intermediate.dense.bias": (F,),
+        "output.dense.weight": (D, F), "output.dense.bias": (D,),
+        "output.LayerNorm.weight": (D,), "output.LayerNorm.bias": (D,),
+    }
+    for i in range(cfg.num_hidden_layers):
+        for name, shape in per_layer.items():
+            table[f"encoder.layer.{i}.{name}"] = shape
+    table["pooler.dense.weight"] = (D, D)
+    table["pooler.dense.bias"] = (D,)
+    return table
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    """What a conversion did besides copying tensors (for logs and the CLI)."""
+
+    source_file: str
+    prefix: str                          # the prefix stripped from body keys ("" for bare keys)
+    renamed: tuple[str, ...] = ()        # source keys renamed gamma/beta -> weight/bias
+    dropped_heads: tuple[str, ...] = ()  # classifier.* / cls.* / qa_outputs.* keys dropped
+    ignored_buffers: tuple[str, ...] = ()
+    cast_from: tuple[str, ...] = ()      # source dtypes other than float32, cast to float32
+    pooler: str = "loaded"               # "loaded" | "initialised" (allow_missing_pooler)
+
+    def summary(self) -> str:
+        parts = [f"source {self.source_file}", f"prefix {self.prefix or '(none)'!s}"]
+        if self.renamed:
+            parts.append(f"renamed {len(self.renamed)} gamma/beta keys")
+        if self.dropped_heads:
+            parts.append(f"dropped heads {', '.join(self.dropped_heads)}")
+        if self.ignored_buffers:
+            parts.append(f"ignored buffers {', '.join(self.ignored_buffers)}")
+        if self.cast_from:
+            parts.append(f"cast {'/'.join(self.cast_from)} -> float32")
+        if self.pooler != "loaded":
+            parts.append("pooler missing: initialised N(0, 0.02) with seed 0")
+        return "; ".join(parts)
+
+
+def _listing(items: list[str]) -> str:
+    shown = items[:_MAX_LISTED]
+    more = f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return ", ".join(shown) + more
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- reading sources
+def find_weights_file(folder: str | Path) -> Path:
+    """``model.safetensors`` if present, else ``pytorch_model.bin``; a clear error otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such checkpoint folder")
+    for name in (WEIGHTS_NAME, BIN_NAME):
+        if (folder / name).is_file():
+            return folder / name
+    sharded = [n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+               if (folder / n).exists()]
+    if sharded:
+        raise ValueError(f"{folder / sharded[0]}: sharded checkpoints are not supported; "
+                         f"save the model unsharded (max_shard_size larger than the model)")
+    present = sorted(p.name for p in folder.iterdir())
+    raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} or {BIN_NAME} (found: {', '.join(present) or 'nothing'})")
+
+
+def read_tensor_file(path: str | Path) -> dict[str, Tensor]:
+    """All tensors of a ``.safetensors`` file or a ``.bin`` (``torch.load(weights_only=True)``).
+
+    Raises ``ValueError`` naming the file if it is corrupt, truncated or not a flat tensor dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # SafetensorError, OSError... : all mean "unreadable"
+            raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    if path.suffix == ".bin":
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError, RuntimeError, EOFError...
+            raise ValueError(f"{path}: not a readable PyTorch weights file ({type(e).__name__}: {e})") from None
+        if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor)
+                                                   for k, v in obj.items()):
+            raise ValueError(f"{path}: expected a flat dict of name -> tensor, got {type(obj).__name__}")
+        return dict(obj)
+    raise ValueError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors or .bin")
+
+
+def read_tokenizer_options(folder: str | Path) -> dict[str, Any]:
+    """``{"do_lower_case": bool, "strip_accents": bool | None}`` for the folder's vocabulary.
+
+    Looked up in ``config.json`` (our converted format), then ``tokenizer_config.json`` (HF), else the
+    BERT-uncased defaults ``True`` / ``None`` (``None``: strip accents iff lower-casing, as HF does).
+    """
+    folder = Path(folder)
+    opts: dict[str, Any] = {"do_lower_case": True, "strip_accents": None}
+    for name in (TOKENIZER_CONFIG_NAME, CONFIG_NAME):  # later file wins
+        p = folder / name
+        if not p.is_file():
+            continue
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not valid JSON ({e})") from None
+        for key in opts:
+            if isinstance(d, dict) and key in d:
+                value = d[key]
+                if not (isinstance(value, bool) or (key == "strip_accents" and value is None)):
+                    raise ValueError(f"{p}: {key} must be true/false, got {value!r}")
+                opts[key] = value
+    return opts
+
+
+# ----------------------------------------------------------------------------- normalising
+def _rename_old(key: str) -> str:
+    if key.endswith(".gamma"):
+        return key[: -len("gamma")] + "weight"
+    if key.endswith(".beta"):
+        return key[: -len("beta")] + "bias"
+    return key
+
+
+def check_state_dict(state: Mapping[str, Tensor], cfg: BertConfig, source: str | Path,
+                     extra_problems: list[str] | None = None) -> None:
+    """Raise ONE ``ValueError`` naming ``source`` if keys, shapes or dtypes differ from the table."""
+    table = expected_shapes(cfg)
+    problems = list(extra_problems or [])
+    missing = [k for k in table if k not in state]
+    unexpected = sorted(k for k in state if k not in table)
+    shapes = [f"{k}: shape {tuple(state[k].shape)}, expected {table[k]}"
+              for k in table if k in state and tuple(state[k].shape) != table[k]]
+    dtypes = [f"{k}: dtype {state[k].dtype} is not a floating-point type"
+              for k in table if k in state and not state[k].is_floating_point()]
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+    if shapes:
+        problems.append(f"wrong shapes ({len(shapes)}): {_listing(shapes)}")
+    if dtypes:
+        problems.append(f"wrong dtypes ({len(dtypes)}): {_listing(dtypes)}")
+    if problems:
+        raise ValueError(f"{source}: checkpoint does not match its config "
+                         f"(L={cfg.num_hidden_layers}, D={cfg.hidden_size}, F={cfg.intermediate_size}, "
+                         f"V={cfg.vocab_size}):\n  " + "\n  ".join(problems))
+
+
+def normalize_state_dict(raw: Mapping[str, Tensor], cfg: BertConfig, source: str | Path,
+                         allow_missing_pooler: bool = False,
+                         initializer_range: float = 0.02) -> tuple[dict[str, Tensor], ConversionReport]:
+    """Map a source state dict onto the key table; returns fp32 tensors under our names and a report.
+
+    Args:
+        raw: source tensors, any of the supported layouts.
+        cfg: the checkpoint's config (shapes are checked against it).
+        source: file name used in error messages.
+        allow_missing_pooler: if the pooler is absent, initialise it (normal(0, initializer_range),
+            zero bias, ``torch.Generator`` seed 0) instead of failing.
+    """
+    table = expected_shapes(cfg)
+
+    def hits(prefix: str) -> int:
+        return sum(_rename_old(k[len(prefix):]) in table for k in raw if k.startswith(prefix))
+
+    prefix = max(SOURCE_PREFIXES, key=hits)   # ties keep the earlier (bare) prefix
+    state: dict[str, Tensor] = {}
+    renamed, dropped, ignored, problems = [], [], [], []
+    for key in sorted(raw):
+        if key.startswith(HEAD_PREFIXES):
+            dropped.append(key)
+            continue
+        if not key.startswith(prefix):
+            state[key] = raw[key]             # reported as unexpected by check_state_dict
+            continue
+        name = _rename_old(key[len(prefix):])
+        if name != key[len(prefix):]:
+            renamed.append(key)
+        if name in IGNORED_BUFFERS:
+            ignored.append(key)
+            continue
+        if name in state:
+            problems.append(f"duplicate tensor for {name} (old and new name both present: {key})")
+        state[name] = raw[key]
+    pooler = "loaded"
+    if allow_missing_pooler and not any(k in state for k in POOLER_KEYS):
+        g = torch.Generator().manual_seed(0)
+        D = cfg.hidden_size
+        state["pooler.dense.weight"] = torch.randn(D, D, generator=g) * initializer_range  # (D, D)
+        state["pooler.dense.bias"] = torch.zeros(D)                                        # (D,)
+        pooler = "initialised"
+    check_state_dict(state, cfg, source, problems)
+    cast_from = sorted({str(t.dtype).replace("torch.", "") for t in state.values()} - {"float32"})
+    # clone: .bin tensors may share storage (tied weights), which safetensors refuses to save
+    out = {k: state[k].detach().to(torch.float32).contiguous().clone() for k in table}
+    report = ConversionReport(source_file=str(source), prefix=prefix, renamed=tuple(renamed),
+                              dropped_heads=tuple(dropped), ignored_buffers=tuple(ignored),
+                              cast_from=tuple(cast_from), pooler=pooler)
+    return out, report
+
+
+@dataclass(frozen=True)
+class HFCheckpoint:
+    """An HF folder read into memory: config, normalised fp32 tensors, tokenizer options, report."""
+
+    config: BertConfig
+    state: dict[str, Tensor]
+    tokenizer_options: dict[str, Any]
+    report: ConversionReport
+    weights_file: Path
+    source_sha256: str
+
+
+def read_hf_folder(folder: str | Path, allow_missing_pooler: bool = False) -> HFCheckpoint:
+    """Read and normalise an (unconverted) HF BERT folder; every problem raises ``ValueError``."""
+    folder = Path(folder)
+    weights = find_weights_file(folder)
+    cfg_path = folder / CONFIG_NAME
+    cfg = BertConfig.from_json_file(cfg_path)
+    raw_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    init_range = float(raw_cfg.get("initializer_range", 0.02))
+    raw = read_tensor_file(weights)
+    state, report = normalize_state_dict(raw, cfg, weights, allow_missing_pooler, init_range)
+    return HFCheckpoint(config=cfg, state=state, tokenizer_options=read_tokenizer_options(folder),
+                        report=report, weights_file=weights, source_sha256=sha256_file(weights))
+
+
+# ----------------------------------------------------------------------------- writing
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _vocab_lines(path: Path, cfg: BertConfig) -> int:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no vocab.txt next to the checkpoint")
+    n = sum(1 for _ in open(path, encoding="utf-8"))
+    if n > cfg.vocab_size:
+        raise ValueError(f"{path}: {n} tokens but config vocab_size is {cfg.vocab_size}")
+    return n
+
+
+def write_converted(dst: str | Path, ckpt: HFCheckpoint, vocab_src: Path) -> Path:
+    """Write ``ckpt`` to ``dst`` in our format (atomic per file; weights written last)."""
+    from safetensors.torch import save_file
+    dst = Path(dst)
+    _vocab_lines(vocab_src, ckpt.config)
+    dst.mkdir(parents=True, exist_ok=True)
+    config = {**ckpt.config.to_dict(), "architectures": ["BertModel"], **ckpt.tokenizer_options}
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "source_file": ckpt.weights_file.name, "source_sha256": ckpt.source_sha256,
+                "pooler": ckpt.report.pooler}
+    _atomic_write(dst / VOCAB_NAME, lambda p: shutil.copyfile(vocab_src, p))
+    _atomic_write(dst / CONFIG_NAME,
+                  lambda p: p.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8"))
+    _atomic_write(dst / WEIGHTS_NAME, lambda p: save_file(ckpt.state, str(p), metadata=metadata))
+    return dst
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, *, allow_missing_pooler: bool = False,
+                       ) -> Path:
+    """Convert the HF BERT folder ``src`` into mpee_ref's format in ``dst``; returns ``dst``.
+
+    Args:
+        src: folder with ``config.json``, ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.txt``
+            (and optionally ``tokenizer_config.json``).
+        dst: output folder (created; existing files of ours are replaced atomically).
+        allow_missing_pooler: initialise an absent pooler (seeded) instead of failing.
+    Raises:
+        ValueError / FileNotFoundError naming the offending file and every problem found.
+    """
+    return convert_checkpoint_with_report(src, dst, allow_missing_pooler=allow_missing_pooler)[0]
+
+
+def convert_checkpoint_with_report(src: str | Path, dst: str | Path, *,
+                                   allow_missing_pooler: bool = False) -> tuple[Path, ConversionReport]:
+    """:func:`convert_checkpoint` that also returns the :class:`ConversionReport`."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and src.resolve() == dst.resolve():
+        raise ValueError(f"{dst}: destination equals the source folder; choose another folder")
+    ckpt = read_hf_folder(src, allow_missing_pooler=allow_missing_pooler)
+    return write_converted(dst, ckpt, src / VOCAB_NAME), ckpt.report
