@@ -1,0 +1,361 @@
+r"""The MPEE model: the BERT encoder wired with token-wise (Eqs. 5-8) and layer-wise (Eqs. 9-10)
+early exits, the training objective (Eqs. 11-14) and FLOPs accounting (Eq. 15).
+
+This module only *wires* the pure equation functions of ``token_exit``, ``layer_exit``, ``losses``
+and ``flops`` together. One layer l of MPEE, for every sample still running::
+
+    Z~_l, P      = LN(h + MHSA(h))                    Eqs. 1-3  (attention sub-layer)
+    A_class      = class attention of P               Eq. 5     (or all-token attention, Table 3)
+    A_m          = (1-β) A_m + β A_class              Eq. 6     (every layer)
+    if l prunes:   keep top-m of A_m, fuse the rest   Eqs. 7-8  (Z~_l shrinks)
+    h^l          = LN(Z~_l + FFN(Z~_l))               Eqs. 1, 4
+    C_z          = head_l(h^l_[CLS])                  Eq. 9
+    C_zm         = (1-λ) C_zm + λ C_z                 Eq. 10
+    exit if  entropy(softmax(C_zm)) < F  or l = L     (exit test, §3.2)
+
+Two entry points:
+
+* :meth:`MPEEModel.forward` (training): every layer runs for every sample, token pruning active,
+  the L classifier memories feed the loss. Per-sample token counts are kept with padding masks.
+* :meth:`MPEEModel.infer` (inference): work is really skipped. Exited tokens are removed from the
+  tensors (not masked), a sample that exits leaves the batch, and the padded width shrinks to the
+  longest remaining sample. The result is one :class:`SampleResult` per input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import BertConfig
+from ..encoder import BertEncoder
+from ..encoder.equations import attention_mask_bias
+from ..flops import SampleFlops, eq15_speedup, sample_flops
+from ..layer_exit import ExitHead, eq10_classifier_memory, eq10_probabilities, exit_entropy, should_exit
+from ..losses import LossTerms, WeightedTeacher, mpee_loss
+from ..token_exit import all_token_attention, eq05_class_attention, eq06_attention_memory, prune_tokens
+from .config import MPEEConfig
+
+#: Position code of the EE-fusion token in traces (real tokens have their input position; [CLS] is 0).
+FUSED = -1
+
+
+# ============================================================================ typed outputs
+@dataclass(frozen=True)
+class TrainOutput:
+    """What :meth:`MPEEModel.forward` returns (all layers run).
+
+    Attributes:
+        logits: ``(L, B, C)`` exit-head outputs C_z^l (Eq. 9).
+        memories: ``(L, B, C)`` classifier memories C_zm^l (Eq. 10); the loss and the exit test use these.
+        tokens: ``(L, B)`` tokens entering each layer's FFN (after Eq. 8), per sample.
+        loss: the loss terms (Eqs. 11-14) when labels were given.
+    """
+
+    logits: Tensor
+    memories: Tensor
+    tokens: Tensor
+    loss: LossTerms | None = None
+
+
+@dataclass(frozen=True)
+class LayerTrace:
+    """One executed layer of one sample.
+
+    Attributes:
+        layer: 1-based layer number l.
+        n_att: tokens entering MHSA ([CLS], real tokens, a fused token if any).
+        n_ffn: tokens entering the FFN (after Eq. 8 on pruning layers; else n_att).
+        positions: input positions of the tokens in h^l (0 = [CLS], -1 = the EE-fusion token).
+        fused_positions: input positions fused into the new fusion token at this layer
+            (-1 = the previous fusion token was fused again); empty where the layer does not prune.
+        fused_weights: α_i of those tokens (Eq. 8), same order.
+        entropy: entropy (nats) of softmax(C_zm^l), the quantity compared with F.
+        exited: whether the sample left the model after this layer.
+    """
+
+    layer: int
+    n_att: int
+    n_ffn: int
+    positions: tuple[int, ...]
+    fused_positions: tuple[int, ...]
+    fused_weights: tuple[float, ...]
+    entropy: float
+    exited: bool
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """The MPEE inference record of one input.
+
+    Attributes:
+        prediction: argmax of softmax(C_zm) at the exit layer.
+        probabilities: softmax(C_zm) at the exit layer (Eq. 10's ŷ), length C.
+        exit_layer: 1-based layer after which the sample exited.
+        layers: one :class:`LayerTrace` per executed layer.
+        flops: executed and full-model FLOPs of this input (Eq. 15).
+        input_ids: the input's real token ids (padding removed); index with ``positions``.
+    """
+
+    prediction: int
+    probabilities: tuple[float, ...]
+    exit_layer: int
+    layers: tuple[LayerTrace, ...]
+    flops: SampleFlops
+    input_ids: tuple[int, ...]
+
+    @property
+    def entropies(self) -> tuple[float, ...]:
+        return tuple(t.entropy for t in self.layers)
+
+    @property
+    def tokens_per_layer(self) -> tuple[int, ...]:
+        """Tokens entering each executed layer's FFN."""
+        return tuple(t.n_ffn for t in self.layers)
+
+
+@dataclass(frozen=True)
+class InferenceOutput:
+    """All samples of one :meth:`MPEEModel.infer` call, in input order."""
+
+    samples: tuple[SampleResult, ...]
+
+    @property
+    def predictions(self) -> Tensor:
+        return torch.tensor([s.prediction for s in self.samples], dtype=torch.long)       # (B,)
+
+    @property
+    def exit_layers(self) -> Tensor:
+        return torch.tensor([s.exit_layer for s in self.samples], dtype=torch.long)       # (B,)
+
+    @property
+    def rho(self) -> float:
+        """Eq. 15 speed-up over these samples: Σ full FLOPs / Σ executed FLOPs."""
+        return eq15_speedup([s.flops.full for s in self.samples], [s.flops.executed for s in self.samples])
+
+
+# ============================================================================ the model
+class MPEEModel(nn.Module):
+    """BERT + MPEE. Parameters: ``bert.*`` (HF BertModel names), ``exits.{l-1}.*`` (Eq. 9 heads),
+    ``teacher.*`` (Eq. 12)."""
+
+    def __init__(self, bert_config: BertConfig, mpee_config: MPEEConfig):
+        super().__init__()
+        self.bert_config = bert_config
+        self.mpee_config = mpee_config
+        mpee_config.prune_layer_set(bert_config.num_hidden_layers)      # validates prune_layers early
+        self.bert = BertEncoder(bert_config)
+        self.exits = nn.ModuleList(
+            ExitHead(bert_config.hidden_size, mpee_config.num_labels, mpee_config.head,
+                     mpee_config.classifier_dropout)
+            for _ in range(bert_config.num_hidden_layers))
+        self.teacher = WeightedTeacher(mpee_config.num_labels)
+        self.tokenizer: Any = None                                      # set by load_mpee
+
+    def init_heads_from_pooler(self) -> None:
+        """Copy the backbone's pretrained pooler into every pooler head (as the authors do)."""
+        if self.mpee_config.head == "pooler":
+            for head in self.exits:
+                head.init_from_pooler(self.bert.pooler.dense.weight, self.bert.pooler.dense.bias)
+
+    # ------------------------------------------------------------------ shared per-layer pieces
+    def _token_scores(self, probs: Tensor, mask: Tensor) -> Tensor:
+        """Eq. 5 (or Table 3's all-token attention): (B, H, T, T) -> (B, T-1)."""
+        if self.mpee_config.token_score == "class":
+            return eq05_class_attention(probs, mask)
+        return all_token_attention(probs, mask)
+
+    def _attention_step(self, l: int, cfg: MPEEConfig, h: Tensor, mask: Tensor, att_mem: Tensor | None,
+                        n_base: Tensor, prune_at: tuple[int, ...]):
+        """Layer l's attention sub-layer, Eq. 5-6 memory update and, on pruning layers, Eqs. 7-8.
+
+        Returns (z_tilde (B, T', D), mask (B, T'), att_mem (B, T'-1) or None, PruneResult or None).
+        """
+        layer = self.bert.layers[l - 1]
+        z, probs = layer.attention_sublayer(h, attention_mask_bias(mask, h.dtype))   # (B, T, D), (B, H, T, T)
+        if not cfg.token_exit:
+            return z, mask, None, None
+        a = self._token_scores(probs, mask)                                          # (B, T-1)
+        att_mem = eq06_attention_memory(att_mem, a, cfg.beta_at(l))                  # (B, T-1)
+        if l not in prune_at:
+            return z, mask, att_mem, None
+        res = prune_tokens(z, mask, att_mem, cfg.r_ee, r_ee_means=cfg.r_ee_means, fusion=cfg.fusion,
+                           fused_memory=cfg.fused_memory,
+                           n_base=n_base if cfg.ratio_base == "original" else None)
+        return res.hidden, res.attention_mask, res.memory, res                      # (B, T', D) ...
+
+    def _check(self, input_ids: Tensor, attention_mask: Tensor | None,
+               token_type_ids: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        input_ids, attention_mask, token_type_ids = self.bert.check_inputs(input_ids, attention_mask,
+                                                                           token_type_ids)
+        lengths = attention_mask.sum(1)                                              # (B,)
+        T = input_ids.shape[1]
+        packed = torch.arange(T, device=input_ids.device)[None, :] < lengths[:, None]
+        if not bool((packed == attention_mask.bool()).all()):
+            raise ValueError("attention_mask must be right-padded (1...1 0...0 per row): MPEE removes "
+                             "tokens and assumes real tokens come first")
+        return input_ids, attention_mask, token_type_ids
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, labels: Tensor | None = None) -> TrainOutput:
+        """All L layers for every sample, token pruning active; Eqs. 11-14 when ``labels`` is given."""
+        cfg, L = self.mpee_config, self.bert_config.num_hidden_layers
+        input_ids, mask, token_type_ids = self._check(input_ids, attention_mask, token_type_ids)
+        prune_at = cfg.prune_layer_set(L)
+        n_base = mask.sum(1) - 1                                                     # (B,) non-CLS tokens
+        h = self.bert.embeddings(input_ids, token_type_ids)                          # (B, T, D)
+        att_mem, cls_mem = None, None
+        logits, memories, tokens = [], [], []
+        for l in range(1, L + 1):
+            z, mask, att_mem, _ = self._attention_step(l, cfg, h, mask, att_mem, n_base, prune_at)
+            h = self.bert.layers[l - 1].ffn_sublayer(z)                              # (B, T', D)
+            z_l = self.exits[l - 1](h[:, 0])                                         # (B, C)   Eq. 9
+            cls_mem = eq10_classifier_memory(cls_mem, z_l, cfg.effective_lam)        # (B, C)   Eq. 10
+            logits.append(z_l)
+            memories.append(cls_mem)
+            tokens.append(mask.sum(1))
+        memories_t = torch.stack(memories)                                           # (L, B, C)
+        loss = None
+        if labels is not None:
+            if labels.shape != (input_ids.shape[0],):
+                raise ValueError(f"labels must have shape (B,) = ({input_ids.shape[0]},), got {tuple(labels.shape)}")
+            if int(labels.min()) < 0 or int(labels.max()) >= cfg.num_labels:
+                raise ValueError(f"labels must be in [0, {cfg.num_labels}), got min {int(labels.min())}, "
+                                 f"max {int(labels.max())}")
+            loss = mpee_loss(memories_t, labels, self.teacher if cfg.use_kd else None, tau=cfg.tau,
+                             use_kd=cfg.use_kd, kd_direction=cfg.kd_direction,
+                             kd_reduction=cfg.kd_reduction, detach_teacher_inputs=cfg.detach_teacher_inputs,
+                             detach_teacher_in_kd=cfg.detach_teacher_in_kd, gamma=cfg.gamma)
+        return TrainOutput(logits=torch.stack(logits), memories=memories_t, tokens=torch.stack(tokens),
+                           loss=loss)
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def infer(self, inputs: Any, *, threshold: float | None = None, r_ee: float | None = None,
+              **overrides: Any) -> InferenceOutput:
+        """MPEE inference with real early exits.
+
+        Args:
+            inputs: an encoded batch (an object with ``input_ids``, ``attention_mask``,
+                ``token_type_ids`` tensors, e.g. the tokenizer's output), a dict of those, a text, a
+                list of texts, or a list of (text_a, text_b) pairs (texts need ``self.tokenizer``).
+            threshold: F for this call (default: the config's).
+            r_ee: R_ee for this call (default: the config's).
+            overrides: any other :class:`MPEEConfig` field for this call (e.g. ``layer_exit=False``).
+        Returns:
+            One :class:`SampleResult` per input, in input order.
+        """
+        if threshold is not None:
+            overrides["threshold"] = threshold
+        if r_ee is not None:
+            overrides["r_ee"] = r_ee
+        for key in ("num_labels", "head"):
+            if key in overrides and overrides[key] != getattr(self.mpee_config, key):
+                raise ValueError(f"{key} is fixed by the trained heads; it cannot be overridden at inference")
+        cfg = replace(self.mpee_config, **overrides) if overrides else self.mpee_config
+        input_ids, attention_mask, token_type_ids = self._encode(inputs)
+        if self.training:
+            raise ValueError("infer() needs eval mode: call model.eval() first")
+        return self._infer(cfg, *self._check(input_ids, attention_mask, token_type_ids))
+
+    def _encode(self, inputs: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        if isinstance(inputs, dict):
+            return inputs["input_ids"], inputs.get("attention_mask"), inputs.get("token_type_ids")
+        if hasattr(inputs, "input_ids"):
+            return inputs.input_ids, getattr(inputs, "attention_mask", None), getattr(inputs, "token_type_ids", None)
+        if isinstance(inputs, Tensor):
+            return inputs, None, None
+        if self.tokenizer is None:
+            raise ValueError("infer() got text but the model has no tokenizer; load it with "
+                             "mpee_ref.load_mpee(folder) or pass an encoded batch")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, (list, tuple)) or not inputs:
+            raise ValueError(f"infer() expects text(s), pairs or an encoded batch, got {type(inputs).__name__}")
+        if all(isinstance(x, (tuple, list)) and len(x) == 2 for x in inputs):
+            enc = self.tokenizer([a for a, _ in inputs], pairs=[b for _, b in inputs])
+        elif all(isinstance(x, str) for x in inputs):
+            enc = self.tokenizer(list(inputs))
+        else:
+            raise ValueError("infer() expects all inputs to be texts, or all to be (text_a, text_b) pairs")
+        return enc.input_ids, enc.attention_mask, enc.token_type_ids
+
+    def _infer(self, cfg: MPEEConfig, input_ids: Tensor, mask: Tensor, token_type_ids: Tensor) -> InferenceOutput:
+        L, bc = self.bert_config.num_hidden_layers, self.bert_config
+        B = input_ids.shape[0]
+        prune_at = cfg.prune_layer_set(L)
+        lengths = mask.sum(1)                                                        # (B,)
+        n_base = lengths - 1                                                         # (B,)
+        h = self.bert.embeddings(input_ids, token_type_ids)                          # (B, T, D)
+        T = input_ids.shape[1]
+        # pos[b, j]: input position of the token in slot j (0 = [CLS], -1 = fused, -2 = padding)
+        pos = torch.where(mask.bool(), torch.arange(T)[None, :].expand(B, T), torch.full_like(input_ids, -2))
+        active = torch.arange(B)                                                     # (B_a,) original indices
+        att_mem, cls_mem = None, None
+        traces: list[list[LayerTrace]] = [[] for _ in range(B)]
+        n_fused: list[list[int]] = [[] for _ in range(B)]
+        done: dict[int, tuple[int, tuple[float, ...]]] = {}
+        for l in range(1, L + 1):
+            n_att = mask.sum(1).tolist()                                             # per active sample
+            z, mask, att_mem, res = self._attention_step(l, cfg, h, mask, att_mem, n_base, prune_at)
+            fused_pos: list[list[int]] = [[] for _ in active]
+            fused_w: list[list[float]] = [[] for _ in active]
+            if res is not None:
+                old = pos[:, 1:]                                                     # (B_a, T-1)
+                src = res.source_index                                               # (B_a, T'-1)
+                gathered = torch.gather(old, 1, src.clamp(min=0))
+                pos = torch.cat([pos[:, :1], torch.where(src >= 0, gathered, src)], dim=1)   # (B_a, T')
+                for i in range(len(active)):
+                    sel = res.fused[i]
+                    fused_pos[i] = old[i][sel].tolist()
+                    fused_w[i] = res.alpha[i][sel].tolist()
+            h = self.bert.layers[l - 1].ffn_sublayer(z)                              # (B_a, T', D)
+            z_l = self.exits[l - 1](h[:, 0])                                         # (B_a, C)   Eq. 9
+            cls_mem = eq10_classifier_memory(cls_mem, z_l, cfg.effective_lam)        # (B_a, C)   Eq. 10
+            ent = exit_entropy(cls_mem)                                              # (B_a,)
+            if l == L:
+                leave = torch.ones_like(ent, dtype=torch.bool)                       # the last layer always exits
+            elif cfg.layer_exit:
+                leave = should_exit(ent, cfg.threshold)                              # (B_a,)
+            else:
+                leave = torch.zeros_like(ent, dtype=torch.bool)
+            n_ffn = mask.sum(1).tolist()
+            probs = eq10_probabilities(cls_mem)                                      # (B_a, C)
+            ent_l, leave_l = ent.tolist(), leave.tolist()
+            for i, b in enumerate(active.tolist()):
+                traces[b].append(LayerTrace(
+                    layer=l, n_att=int(n_att[i]), n_ffn=int(n_ffn[i]),
+                    positions=tuple(p for p in pos[i].tolist() if p != -2),
+                    fused_positions=tuple(fused_pos[i]), fused_weights=tuple(fused_w[i]),
+                    entropy=float(ent_l[i]), exited=bool(leave_l[i])))
+                n_fused[b].append(len(fused_pos[i]) if cfg.fusion != "drop" else 0)
+                if leave_l[i]:
+                    done[b] = (l, tuple(probs[i].tolist()))
+            if bool(leave.all()):
+                break
+            # samples that exited leave the batch; the padded width shrinks to the longest remaining one
+            stay = ~leave
+            active, h, mask, pos, cls_mem = active[stay], h[stay], mask[stay], pos[stay], cls_mem[stay]
+            n_base = n_base[stay]
+            if att_mem is not None:
+                att_mem = att_mem[stay]
+            width = int(mask.sum(1).max())
+            h, mask, pos = h[:, :width], mask[:, :width], pos[:, :width]
+            if att_mem is not None:
+                att_mem = att_mem[:, :width - 1]
+
+        samples = []
+        for b in range(B):
+            exit_layer, p = done[b]
+            tr = traces[b]
+            fl = sample_flops([t.n_att for t in tr], [t.n_ffn for t in tr], n_fused[b], int(lengths[b]), L,
+                              bc.hidden_size, bc.intermediate_size, cfg.num_labels, cfg.head)
+            samples.append(SampleResult(
+                prediction=max(range(len(p)), key=lambda c: (p[c], -c)), probabilities=p,
+                exit_layer=exit_layer, layers=tuple(tr), flops=fl,
+                input_ids=tuple(input_ids[b, : int(lengths[b])].tolist())))
+        return InferenceOutput(samples=tuple(samples))
