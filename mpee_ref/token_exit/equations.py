@@ -1,0 +1,396 @@
+r"""Sequential token-wise early exiting as the paper writes it: Eqs. (5)-(8), §3.1.
+
+At every layer l the [CLS] row of the attention probabilities gives a score per token (Eq. 5); the
+scores are smoothed across layers (Eq. 6); on a pruning layer the m best tokens are kept (Eq. 7) and
+the others are fused into one "EE fusion token" appended after them (Eq. 8). The model calls::
+
+    z_tilde, probs = layer.attention_sublayer(h, mask_bias)          # (B, T, D), (B, H, T, T)
+    a   = eq05_class_attention(probs, attention_mask)                 # (B, T-1)
+    mem = eq06_attention_memory(mem, a, beta)                         # (B, T-1), every layer
+    res = prune_tokens(z_tilde, attention_mask, mem, r_ee)            # pruning layers only
+    h   = layer.ffn_sublayer(res.hidden)                              # (B, T', D)
+
+Shape legend: as in ``mpee_ref/encoder/equations.py`` (B batch, T tokens incl. [CLS], D hidden,
+H heads), plus ``N = T - 1``, the non-CLS axis, and ``T'`` the length after pruning.
+
+Paper notation <-> code:
+
+    A_class^l               [CLS] attention row, mean over heads       ``a_class``   (B, N)
+    A_m^l, \beta            class-attention memory, its weight         ``memory``, ``beta``
+    R_ee, m, p              sequence EE ratio, kept / exited counts     ``r_ee``, ``m``, ``p``
+    h_in^l, h_i^l, \alpha_i kept tokens, fused tokens, their weights    ``kept``, ``fused``, ``alpha``
+    h_eef^l                 EE fusion token                            ``h_eef``     (B, D)
+    \tilde Z_l              pruned sequence fed to the FFN (Eq. 4)      ``PruneResult.hidden``
+
+Conventions: the batch is padded (attention_mask 0); token 0 is [CLS] and always real. Every
+interpretation of the printed text is listed in ``docs/interpretation/token_exit.md`` with its switch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+from torch import Tensor
+
+R_EE_MEANINGS = ("exit", "keep")
+FUSIONS = ("memory", "normalised", "drop")
+FUSED_MEMORIES = ("sum", "mean")
+
+
+# ----------------------------------------------------------------------------- input checks
+def _shape(t: object) -> object:
+    return tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+
+
+def _check_probs(probs: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """Validate ``probs`` (B, H, T, T) and return the key mask ``(B, T)`` as bool."""
+    if not isinstance(probs, Tensor) or probs.dim() != 4 or probs.shape[-1] != probs.shape[-2] \
+            or probs.shape[-1] < 1:
+        raise ValueError(f"probs must be (B, H, T, T) attention probabilities, got shape {_shape(probs)}")
+    B, _, T, _ = probs.shape
+    if attention_mask is None:
+        return torch.ones(B, T, dtype=torch.bool, device=probs.device)          # (B, T)
+    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, T):
+        raise ValueError(f"attention_mask must have shape {(B, T)} to match probs {tuple(probs.shape)}, "
+                         f"got {_shape(attention_mask)}")
+    return attention_mask != 0                                                 # (B, T)
+
+
+def _check_ratio(r_ee: float, name: str = "r_ee") -> float:
+    if isinstance(r_ee, bool) or not isinstance(r_ee, (int, float)) or not 0.0 <= float(r_ee) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {r_ee!r}")
+    return float(r_ee)
+
+
+def _check_counts(n: Tensor, name: str) -> None:
+    if not isinstance(n, Tensor) or n.dim() != 1 or n.dtype.is_floating_point or n.dtype == torch.bool \
+            or n.is_complex():
+        raise ValueError(f"{name} must be a (B,) integer tensor, got shape {_shape(n)} "
+                         f"dtype {getattr(n, 'dtype', None)}")
+    if n.numel() and int(n.min()) < 0:
+        raise ValueError(f"{name} must be >= 0, got min {int(n.min())}")
+
+
+# ----------------------------------------------------------------------------- Eq. (5)
+def eq05_class_attention(probs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    r"""Eq. (5), §3.1: class attention, the [CLS] query row averaged over heads.
+
+    .. math::
+        A_{class}^{l} = \text{MeanPooling}(\sum_{h}^{H} \text{HA}_{h}(Z_{l}^{0})), \qquad
+        h_{[\text{CLS}]}^{l} = V^{l} \cdot A_{class}^{l}
+
+    :math:`A_{class}^l[i]` is how much token i contributes to :math:`h_{[CLS]}^l`: entry
+    ``probs[b, h, 0, i]`` of the softmax of Eq. (3), averaged over the H heads.
+
+    Args:
+        probs: ``(B, H, T, T)`` attention probabilities of layer l (softmax of Eq. 3, before dropout).
+        attention_mask: ``(B, T)`` 1 real / 0 padding, or None (all real).
+    Returns:
+        ``(B, T-1)``: :math:`A_{class}^l` over the non-CLS keys 1..T-1; 0 at padded keys.
+
+    Deviation: the printed formula pools the head *outputs* :math:`\mathrm{HA}_h` (value-weighted);
+    the text ("mean values of all attention heads corresponding to the [CLS] token", and
+    :math:`h_{CLS} = V \cdot A_{class}`) and the authors' code use the probability row, as here.
+    The [CLS] key itself is left out (it is never pruned). Padded keys are set to 0 explicitly so
+    the result does not depend on what the caller's softmax put there.
+    """
+    valid = _check_probs(probs, attention_mask)                                # (B, T)
+    cls_row = probs[:, :, 0, 1:]                                               # (B, H, T-1)
+    a_class = cls_row.mean(dim=1)                                              # (B, T-1)
+    return a_class * valid[:, 1:].to(a_class.dtype)                            # (B, T-1)
+
+
+def all_token_attention(probs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    r"""Table 3's alternative to Eq. (5), §4 "all token attention": attention each token receives.
+
+    .. math:: A_{all}^l[i] = \frac{1}{H}\sum_h \frac{1}{n}\sum_{q\ \mathrm{real}} \mathrm{softmax}
+              \Big(\frac{Q_h K_h^T}{\sqrt{d_h}}\Big)[q, i]
+
+    with n the number of real query rows of the sample (including [CLS]).
+
+    Args:
+        probs: ``(B, H, T, T)``.  attention_mask: ``(B, T)`` or None.
+    Returns:
+        ``(B, T-1)`` over the non-CLS keys; 0 at padded keys.
+
+    Deviation: the paper says "sum the attention weights of all tokens"; we average over the real
+    query rows (a per-sample constant 1/n, so the ranking is the same) so that the scale matches
+    Eq. (5) (each row of a softmax sums to 1) when the two are mixed in the memory of Eq. (6).
+    """
+    valid = _check_probs(probs, attention_mask)                                # (B, T)
+    q_weight = valid.to(probs.dtype)                                           # (B, T)
+    n_real = q_weight.sum(dim=1).clamp_min(1.0)                                # (B,)
+    received = (probs * q_weight[:, None, :, None]).sum(dim=2)                 # (B, H, T): Σ_q real
+    received = received.mean(dim=1) / n_real[:, None]                          # (B, T)
+    return received[:, 1:] * q_weight[:, 1:]                                   # (B, T-1)
+
+
+# ----------------------------------------------------------------------------- Eq. (6)
+def eq06_attention_memory(prev: Tensor | None, a_class: Tensor, beta: float) -> Tensor:
+    r"""Eq. (6), §3.1: recycling class attention memory.
+
+    .. math:: A_m^l = (1 - \beta)A_m^{l-1} + \beta A_{class}^l
+
+    Called at every layer. At the first layer there is no :math:`A_m^0`: pass ``prev=None`` and
+    :math:`A_m^1 = A_{class}^1`. Unrolled, :math:`A_m^l = (1-\beta)^{l-1} A_{class}^1 +
+    \sum_{j=2}^{l} \beta (1-\beta)^{l-j} A_{class}^j` (for a constant β): a convex combination.
+
+    Args:
+        prev: ``(B, T-1)`` :math:`A_m^{l-1}` aligned with ``a_class`` (after pruning, use
+            ``PruneResult.memory``), or None at the first layer.
+        a_class: ``(B, T-1)`` :math:`A_{class}^l` from :func:`eq05_class_attention`.
+        beta: β in [0, 1]; β = 1 keeps no memory. A per-layer schedule is the caller's.
+    Returns:
+        ``(B, T-1)`` :math:`A_m^l`.
+
+    Deviation: the paper does not say what :math:`A_m^0` is; we start the memory at layer 1
+    with :math:`A_{class}^1` (the authors' code does the same).
+    """
+    beta = _check_ratio(beta, "beta")
+    if not isinstance(a_class, Tensor) or a_class.dim() != 2:
+        raise ValueError(f"a_class must be (B, T-1), got shape {_shape(a_class)}")
+    if prev is None:
+        return a_class                                                         # (B, T-1): A_m^1
+    if not isinstance(prev, Tensor) or prev.shape != a_class.shape:
+        raise ValueError(f"prev must have the shape of a_class {tuple(a_class.shape)}, got {_shape(prev)}"
+                         " (after pruning, pass PruneResult.memory)")
+    return (1.0 - beta) * prev + beta * a_class                                # (B, T-1)
+
+
+# ----------------------------------------------------------------------------- Eq. (7)
+def eq07_num_kept(n: Tensor, r_ee: float, r_ee_means: str = "exit") -> Tensor:
+    r"""Eq. (7), §3.1: how many informative tokens each sample keeps.
+
+    .. math:: m = N(1 - R_{ee})
+
+    Args:
+        n: ``(B,)`` integer: N, the current number of non-CLS real tokens of each sample.
+        r_ee: :math:`R_{ee}` in [0, 1], the "sequence EE ratio": the fraction that exits.
+        r_ee_means: ``"exit"`` (paper) or ``"keep"`` (authors' code: m = ⌈N R⌉, the kept fraction).
+    Returns:
+        ``(B,)`` long m, in [1, N] when :math:`R_{ee} < 1` and N ≥ 1 ("exit"); m = N at
+        :math:`R_{ee} = 0`, m = 0 at :math:`R_{ee} = 1`.
+
+    Deviation: N(1 − R) is rarely an integer; we take the ceiling (the authors' code does too),
+    computed exactly on the decimal the float stands for (``Fraction(repr(r_ee))``: 0.7 is read as
+    7/10), in integers: so N = 10, R = 0.7 gives m = 3 although 10 * (1 - 0.7) =
+    3.0000000000000004 in floats. (A non-terminating R such as 1/3 is read as its repr
+    0.3333333333333333, so N = 3 gives m = 3.) ``mpee_ref/numpy_ref`` uses the same rule.
+    """
+    _check_counts(n, "n")
+    r = Fraction(repr(_check_ratio(r_ee)))                                     # exact decimal, e.g. 7/10
+    if r_ee_means not in R_EE_MEANINGS:
+        raise ValueError(f"r_ee_means must be one of {R_EE_MEANINGS}, got {r_ee_means!r}")
+    kept_fraction = 1 - r if r_ee_means == "exit" else r                      # 1 - R_ee (paper)
+    p, q = kept_fraction.numerator, kept_fraction.denominator
+    # m = ceil(N p / q) in Python integers: no float rounding, no int64 overflow
+    m = [-((-int(n_b) * p) // q) for n_b in n.tolist()]
+    return torch.tensor(m, dtype=torch.long, device=n.device)                  # (B,)
+
+
+def eq07_top_m(scores: Tensor, valid: Tensor, m: Tensor) -> Tensor:
+    r"""Eq. (7), §3.1: "we keep m informative tokens :math:`h_{in}^l` for m-highest score in
+    :math:`A_m^l`".
+
+    Exactly ``m[b]`` of the valid positions of row b are kept: those with the highest score; on
+    equal scores the lower position wins (a stable descending sort). Invalid positions (padding)
+    are never kept.
+
+    Args:
+        scores: ``(B, N)`` real scores (:math:`A_m^l`). Not differentiated through.
+        valid: ``(B, N)`` bool, True for real tokens.
+        m: ``(B,)`` integer, 0 <= m[b] <= valid[b].sum().
+    Returns:
+        ``(B, N)`` bool: the kept positions.
+    """
+    if not isinstance(scores, Tensor) or scores.dim() != 2 or not scores.dtype.is_floating_point:
+        raise ValueError(f"scores must be a (B, N) float tensor, got shape {_shape(scores)}")
+    if not isinstance(valid, Tensor) or valid.shape != scores.shape or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a bool tensor of shape {tuple(scores.shape)}, got {_shape(valid)} "
+                         f"dtype {getattr(valid, 'dtype', None)}")
+    _check_counts(m, "m")
+    B, N = scores.shape
+    if m.shape[0] != B:
+        raise ValueError(f"m must have shape ({B},), got {tuple(m.shape)}")
+    n_valid = valid.sum(dim=1)                                                 # (B,)
+    if bool((m.to(n_valid.device) > n_valid).any()):
+        raise ValueError(f"m must be <= the number of valid positions per row; got m={m.tolist()}, "
+                         f"valid counts={n_valid.tolist()}")
+    s = scores.detach()                                                        # (B, N)
+    if bool(torch.isnan(s[valid]).any()):
+        raise ValueError("scores contain NaN at valid positions")
+    # 1) stable sort by score, highest first (ties: lower position first);
+    by_score = torch.sort(s, dim=1, descending=True, stable=True).indices      # (B, N)
+    # 2) stable sort of that order by validity, valid first: the score order survives within.
+    valid_sorted = valid.gather(1, by_score).to(torch.uint8)                   # (B, N)
+    by_valid = torch.sort(valid_sorted, dim=1, descending=True, stable=True).indices   # (B, N)
+    order = by_score.gather(1, by_valid)                                       # (B, N) best valid first
+    rank_ok = torch.arange(N, device=s.device)[None, :] < m.to(s.device)[:, None]      # (B, N)
+    return torch.zeros_like(valid).scatter(1, order, rank_ok)                  # (B, N)
+
+
+# ----------------------------------------------------------------------------- Eq. (8)
+def eq08_fuse(tokens: Tensor, alpha: Tensor, fuse: Tensor) -> Tensor:
+    r"""Eq. (8), §3.1, first line: the EE fusion token.
+
+    .. math:: h_{eef}^l = \alpha_i h_i^l
+
+    read as :math:`h_{eef}^l = \sum_{i \in \text{exited}} \alpha_i h_i^l`.
+
+    Args:
+        tokens: ``(B, N, D)`` non-CLS token states :math:`h_i^l` (rows of :math:`\tilde Z_l`).
+        alpha: ``(B, N)`` weights :math:`\alpha_i`.
+        fuse: ``(B, N)`` bool, True for the p less-informative tokens that exit.
+    Returns:
+        ``(B, D)``: :math:`h_{eef}^l` (zeros for a sample with nothing to fuse).
+
+    Deviation: the printed line has no sum over i; a single token built from the p exited tokens
+    ("fused into an EE fusion token") needs one. Entries outside ``fuse`` are masked out before
+    multiplying, so non-finite padding rows cannot leak in.
+    """
+    if not isinstance(tokens, Tensor) or tokens.dim() != 3:
+        raise ValueError(f"tokens must be (B, N, D), got shape {_shape(tokens)}")
+    B, N, _ = tokens.shape
+    for name, t in (("alpha", alpha), ("fuse", fuse)):
+        if not isinstance(t, Tensor) or tuple(t.shape) != (B, N):
+            raise ValueError(f"{name} must have shape {(B, N)} to match tokens {tuple(tokens.shape)}, "
+                             f"got {_shape(t)}")
+    if fuse.dtype != torch.bool:
+        raise ValueError(f"fuse must be a bool tensor, got dtype {fuse.dtype}")
+    w = torch.where(fuse, alpha, torch.zeros_like(alpha))                      # (B, N): α_i on exited i
+    h = torch.where(fuse[..., None], tokens, torch.zeros_like(tokens))         # (B, N, D)
+    return torch.einsum("bn,bnd->bd", w.to(tokens.dtype), h)                   # (B, D): Σ_i α_i h_i
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    r"""What :func:`prune_tokens` returns (N = input non-CLS length, T' = output length).
+
+    Attributes:
+        hidden: ``(B, T', D)`` :math:`\tilde Z_l = [h_{CLS}; h_{in} \text{ (position order)};
+            h_{eef}?; \text{padding}]`; padding rows are 0.
+        attention_mask: ``(B, T')`` same dtype as the input mask, 1 real / 0 padding.
+        memory: ``(B, T'-1)`` :math:`A_m^l` aligned with ``hidden[:, 1:]``; 0 at padding.
+        source_index: ``(B, T'-1)`` long: for each output token, its index 0..N-1 on the input's
+            non-CLS axis; -1 for the fused token; -2 for padding.
+        kept: ``(B, N)`` bool, the tokens kept (:math:`h_{in}`).
+        fused: ``(B, N)`` bool, the tokens that exited (into :math:`h_{eef}`, or dropped when
+            ``fusion="drop"``).
+        alpha: ``(B, N)`` the :math:`\alpha_i` used (0 where not fused, all 0 for ``"drop"``).
+        num_kept: ``(B,)`` long, m.
+    """
+
+    hidden: Tensor
+    attention_mask: Tensor
+    memory: Tensor
+    source_index: Tensor
+    kept: Tensor
+    fused: Tensor
+    alpha: Tensor
+    num_kept: Tensor
+
+
+def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: float, *,
+                 r_ee_means: str = "exit", fusion: str = "memory", fused_memory: str = "sum",
+                 n_base: Tensor | None = None) -> PruneResult:
+    r"""Eqs. (7)-(8), §3.1: keep the m best tokens, fuse the p = N − m others, splice.
+
+    .. math::
+        m = N(1 - R_{ee}), \qquad h_{eef}^l = \sum_{i} \alpha_i h_i^l, \qquad
+        \tilde{Z}_l = \text{Concat}[h_{CLS}^l; h_{in}^l; h_{eef}^l]
+
+    Args:
+        hidden: ``(B, T, D)`` :math:`\tilde Z_l` (MHSA sub-layer output), [CLS] at 0.
+        attention_mask: ``(B, T)`` 1 real / 0 padding; column 0 must be 1.
+        memory: ``(B, T-1)`` :math:`A_m^l` (Eq. 6) on the non-CLS tokens.
+        r_ee: :math:`R_{ee}` in [0, 1]; r_ee_means: ``"exit"`` (paper) / ``"keep"`` (authors).
+        fusion: ``"memory"`` (α_i = A_m^l[i], paper and authors), ``"normalised"`` (α_i / Σ α_j over
+            the fused tokens, EViT) or ``"drop"`` (no fused token; the "w/o EE-fusion" ablation).
+        fused_memory: the fused token's memory entry: ``"sum"`` (Σ of the fused tokens' scores, so
+            Σ memory is unchanged) or ``"mean"`` (authors).
+        n_base: ``(B,)`` integer or None; if given, m is computed from this length (e.g. the
+            original sequence length) and clipped to N.
+    Returns:
+        :class:`PruneResult`. T' = 1 + max_b(m_b + [sample b has a fused token]). If no sample
+        prunes any token (e.g. r_ee = 0) the inputs are returned as they are (same length T).
+
+    Deviation: kept tokens stay in position order (the authors keep score order; without
+    re-added position embeddings the order changes nothing downstream). A sample with p = 0
+    gets no fused token. The kept tokens' memory is gathered with them (the authors truncate it).
+    """
+    if not isinstance(hidden, Tensor) or hidden.dim() != 3 or hidden.shape[1] < 1:
+        raise ValueError(f"hidden must be (B, T, D) with T >= 1, got shape {_shape(hidden)}")
+    B, T, D = hidden.shape
+    N = T - 1
+    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, T):
+        raise ValueError(f"attention_mask must have shape {(B, T)}, got {_shape(attention_mask)}")
+    if not isinstance(memory, Tensor) or tuple(memory.shape) != (B, N):
+        raise ValueError(f"memory must have shape {(B, N)} (non-CLS tokens of hidden {tuple(hidden.shape)}), "
+                         f"got {_shape(memory)}")
+    if not bool((attention_mask[:, 0] != 0).all()):
+        raise ValueError("attention_mask[:, 0] must be 1: token 0 is [CLS] and is always kept")
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    if fused_memory not in FUSED_MEMORIES:
+        raise ValueError(f"fused_memory must be one of {FUSED_MEMORIES}, got {fused_memory!r}")
+    valid = attention_mask[:, 1:] != 0                                         # (B, N)
+    n = valid.sum(dim=1)                                                       # (B,) N per sample
+    if n_base is None:
+        m = eq07_num_kept(n, r_ee, r_ee_means)                                 # (B,)
+    else:
+        _check_counts(n_base, "n_base")
+        if n_base.shape[0] != B:
+            raise ValueError(f"n_base must have shape ({B},), got {tuple(n_base.shape)}")
+        m = torch.minimum(eq07_num_kept(n_base, r_ee, r_ee_means).to(n.device), n)   # (B,)
+    keep = eq07_top_m(memory, valid, m)                                        # (B, N)
+    exited = valid & ~keep                                                     # (B, N): p tokens
+    p = n - m                                                                  # (B,)
+    arange_n = torch.arange(N, device=hidden.device)                           # (N,)
+
+    if not bool((p > 0).any()):                                                # nothing exits
+        return PruneResult(
+            hidden=hidden, attention_mask=attention_mask, memory=memory,
+            source_index=torch.where(valid, arange_n[None, :], torch.full_like(valid, -2, dtype=torch.long)),
+            kept=keep, fused=exited, alpha=torch.zeros_like(memory), num_kept=m)
+
+    # ---- α_i and h_eef (Eq. 8, first line)
+    score = torch.where(exited, memory, torch.zeros_like(memory))              # (B, N)
+    if fusion == "memory":
+        alpha = score                                                          # (B, N)
+    elif fusion == "normalised":
+        total = score.sum(dim=1, keepdim=True)                                 # (B, 1)
+        alpha = score / torch.where(total > 0, total, torch.ones_like(total))  # (B, N)
+    else:  # "drop"
+        alpha = torch.zeros_like(memory)                                       # (B, N)
+    has_fused = (p > 0) & (fusion != "drop")                                   # (B,)
+    h_eef = eq08_fuse(hidden[:, 1:], alpha, exited)                            # (B, D)
+    mem_eef = score.sum(dim=1)                                                 # (B,) Σ exited scores
+    if fused_memory == "mean":
+        mem_eef = mem_eef / p.clamp_min(1).to(mem_eef.dtype)                   # (B,)
+
+    # ---- Z~_l = Concat[h_CLS; h_in; h_eef] + right padding (Eq. 8, second line)
+    length = m + has_fused.long()                                              # (B,) non-CLS tokens left
+    t_out = int(length.max())                                                  # T' - 1
+    kept_first = torch.where(keep, arange_n, arange_n + N).argsort(dim=1)      # (B, N) kept, in position order
+    j = torch.arange(t_out, device=hidden.device)[None, :]                     # (1, T'-1)
+    m_col, fused_col = m[:, None], has_fused[:, None]                          # (B, 1)
+    # index into the extended axis [h_1..h_N, h_eef, 0]: i < N kept token, N fused, N + 1 padding
+    src = torch.where(j < m_col, kept_first[:, :t_out],
+                      torch.where((j == m_col) & fused_col, N, N + 1))         # (B, T'-1)
+    ext_h = torch.cat([hidden[:, 1:], h_eef[:, None], hidden.new_zeros(B, 1, D)], dim=1)   # (B, N+2, D)
+    tokens = ext_h.gather(1, src[..., None].expand(B, t_out, D))               # (B, T'-1, D)
+    ext_m = torch.cat([memory, mem_eef[:, None].to(memory.dtype), memory.new_zeros(B, 1)], dim=1)  # (B, N+2)
+    new_mask = torch.arange(t_out + 1, device=hidden.device)[None, :] < (1 + length)[:, None]    # (B, T')
+    return PruneResult(
+        hidden=torch.cat([hidden[:, :1], tokens], dim=1),                      # (B, T', D)
+        attention_mask=new_mask.to(attention_mask.dtype),                      # (B, T')
+        memory=ext_m.gather(1, src),                                           # (B, T'-1)
+        source_index=torch.where(src < N, src, torch.where(src == N, -1, -2)), # (B, T'-1)
+        kept=keep, fused=exited, alpha=alpha, num_kept=m)
+
+
+__all__ = ["eq05_class_attention", "all_token_attention", "eq06_attention_memory", "eq07_num_kept",
+           "eq07_top_m", "eq08_fuse", "PruneResult", "prune_tokens",
+           "R_EE_MEANINGS", "FUSIONS", "FUSED_MEMORIES"]
