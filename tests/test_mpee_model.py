@@ -202,3 +202,22 @@ def test_bad_inputs_raise_clear_errors():
         MODEL(**x, labels=torch.tensor([0, 1, 2, 3]))
     with pytest.raises(ValueError, match="eval mode"):
         make_model().train().infer(x)
+
+
+# ----------------------------------------------------------------------------- Eq. 15 on the real forward
+def test_flop_counter_matches_the_accounting_on_the_real_inference():
+    """torch's FlopCounterMode, run around infer() at batch size 1, sees exactly the analytic count
+    (mpee_ref.flops), up to one documented difference: eq08_fuse multiplies all N candidate tokens by
+    their α (0 for kept tokens) in one einsum, 2·N·D FLOPs, where the accounting charges the 2·p·D an
+    implementation that gathers the p fused tokens first would spend."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = batch(lengths=(13,))
+    for threshold in (0.0, 0.2):                       # exits at layer 5, then at layer 2
+        with FlopCounterMode(display=False) as counter:
+            s = MODEL.infer(x, threshold=threshold).samples[0]
+        fused_layers = [t for t in s.layers if t.fused_positions]
+        expected = (s.flops.executed
+                    - sum(2 * len(t.fused_positions) * BERT.hidden_size for t in fused_layers)
+                    + sum(2 * (t.n_att - 1) * BERT.hidden_size for t in fused_layers))
+        assert counter.get_total_flops() == expected
