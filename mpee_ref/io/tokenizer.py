@@ -4,8 +4,17 @@ The pipeline is HF ``BertTokenizerFast``'s, piece by piece: ``BertNormalizer`` (
 around CJK characters, accent stripping and lower-casing per ``do_lower_case``/``strip_accents``),
 ``BertPreTokenizer`` (whitespace + punctuation), ``WordPiece`` (``[UNK]``, ``##`` continuation, 100
 characters per word at most) and ``[CLS] A [SEP]`` / ``[CLS] A [SEP] B [SEP]`` templates with token
-type ids 0 / 1. Truncation is longest-first; a batch is right-padded with ``[PAD]`` to its longest
-sequence. ``tests/test_io_tokenizer.py`` checks ids, type ids and masks equal HF's.
+type ids 0 / 1. A batch is right-padded with ``[PAD]`` to its longest sequence.
+``tests/test_io_tokenizer.py`` checks ids, type ids and masks equal HF's.
+
+Truncation of pairs comes in two flavours that differ only when the segments must lose an odd number
+of tokens and end up the same length:
+
+* ``"longest_first"`` (default): the ``tokenizers`` (Rust) rule used by HF ``BertTokenizerFast`` and
+  by every HF BERT tokenizer since transformers 5;
+* ``"longest_first_slow"``: the pure-Python rule of HF's old slow ``BertTokenizer`` (drop one token at
+  a time from the longer segment, from the second on ties), i.e. what the authors' code, built on an
+  old transformers, computed. Single sentences truncate identically under both.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from torch import Tensor
 from .convert import CONFIG_NAME, VOCAB_NAME, read_tokenizer_options
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+TRUNCATION_RULES = ("longest_first", "longest_first_slow")
 
 
 @dataclass(frozen=True)
@@ -56,11 +66,12 @@ class WordPieceTokenizer:
         strip_accents: ``None`` follows ``do_lower_case`` (HF's rule); ``True``/``False`` force it.
         max_length: default truncation length, capped at ``model_max_length``.
         model_max_length: the model's ``max_position_embeddings``.
+        truncation: ``"longest_first"`` (HF fast) or ``"longest_first_slow"`` (HF slow, authors' code).
     """
 
     def __init__(self, vocab_file: str | Path, do_lower_case: bool = True,
                  strip_accents: bool | None = None, max_length: int = 128,
-                 model_max_length: int = 512):
+                 model_max_length: int = 512, truncation: str = "longest_first"):
         from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
         vocab = read_vocab(vocab_file)
         self.vocab_file = Path(vocab_file)
@@ -70,6 +81,9 @@ class WordPieceTokenizer:
             raise ValueError(f"model_max_length must be an int >= 2, got {model_max_length!r}")
         self.model_max_length = model_max_length
         self.max_length = self._check_max_length(max_length, "max_length")
+        if truncation not in TRUNCATION_RULES:
+            raise ValueError(f"truncation must be one of {TRUNCATION_RULES}, got {truncation!r}")
+        self.truncation = truncation
         tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##",
                                          max_input_chars_per_word=100))
         tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
@@ -111,23 +125,47 @@ class WordPieceTokenizer:
         n = self.max_length if max_length is None else self._check_max_length(max_length, "max_length")
         if pairs is not None and n < 3:
             raise ValueError(f"max_length must be >= 3 for pairs ([CLS] A [SEP] B [SEP]), got {n}")
-        if self._truncation != n:
-            self._tok.enable_truncation(n, strategy="longest_first")
-            self._truncation = n
-        inputs = texts if pairs is None else list(zip(texts, pairs))
-        encs = self._tok.encode_batch(inputs, add_special_tokens=True)
-        lengths = [len(e.ids) for e in encs]
+        if pairs is not None and self.truncation == "longest_first_slow":
+            rows = self._encode_pairs_slow(texts, pairs, n)
+        else:
+            if self._truncation != n:
+                self._tok.enable_truncation(n, strategy="longest_first")
+                self._truncation = n
+            inputs = texts if pairs is None else list(zip(texts, pairs))
+            rows = [(e.ids, e.type_ids) for e in self._tok.encode_batch(inputs, add_special_tokens=True)]
+        return self._pad(rows, padding)
+
+    def _encode_pairs_slow(self, texts: list[str], pairs: list[str], n: int) -> list[tuple[list[int], list[int]]]:
+        """[CLS] A [SEP] B [SEP] with HF-slow longest-first truncation (one token at a time)."""
+        self._tok.no_truncation()
+        self._truncation = None
+        a_encs = self._tok.encode_batch(texts, add_special_tokens=False)
+        b_encs = self._tok.encode_batch(pairs, add_special_tokens=False)
+        rows = []
+        for ea, eb in zip(a_encs, b_encs):
+            a, b = list(ea.ids), list(eb.ids)
+            while len(a) + len(b) > n - 3:
+                if len(a) > len(b):
+                    a.pop()
+                else:
+                    b.pop()
+            ids = [self.cls_token_id, *a, self.sep_token_id, *b, self.sep_token_id]
+            rows.append((ids, [0] * (len(a) + 2) + [1] * (len(b) + 1)))
+        return rows
+
+    def _pad(self, rows: list[tuple[list[int], list[int]]], padding: bool) -> Encoded:
+        lengths = [len(ids) for ids, _ in rows]
         T = max(lengths)
         if not padding and min(lengths) != T:
             raise ValueError(f"padding=False needs sequences of equal length, got lengths {lengths}")
-        B = len(encs)
+        B = len(rows)
         input_ids = torch.full((B, T), self.pad_token_id, dtype=torch.int64)     # (B, T)
         attention_mask = torch.zeros((B, T), dtype=torch.int64)                   # (B, T)
         token_type_ids = torch.zeros((B, T), dtype=torch.int64)                   # (B, T)
-        for b, (e, t) in enumerate(zip(encs, lengths)):
-            input_ids[b, :t] = torch.tensor(e.ids, dtype=torch.int64)
+        for b, ((ids, type_ids), t) in enumerate(zip(rows, lengths)):
+            input_ids[b, :t] = torch.tensor(ids, dtype=torch.int64)
             attention_mask[b, :t] = 1
-            token_type_ids[b, :t] = torch.tensor(e.type_ids, dtype=torch.int64)
+            token_type_ids[b, :t] = torch.tensor(type_ids, dtype=torch.int64)
         return Encoded(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
 
     @staticmethod
@@ -143,6 +181,8 @@ class WordPieceTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """The WordPiece strings of ``text`` without special tokens or truncation."""
+        self._tok.no_truncation()
+        self._truncation = None
         return self._tok.encode(text, add_special_tokens=False).tokens
 
     def decode_tokens(self, ids: Tensor | Sequence[int]) -> list[str]:
@@ -160,12 +200,13 @@ class WordPieceTokenizer:
         return out
 
 
-def load_tokenizer(folder: str | Path, max_length: int = 128) -> WordPieceTokenizer:
+def load_tokenizer(folder: str | Path, max_length: int = 128,
+                   truncation: str = "longest_first") -> WordPieceTokenizer:
     """The tokenizer of a checkpoint folder (converted or HF): ``vocab.txt`` + tokenizer options.
 
     ``do_lower_case``/``strip_accents`` come from ``config.json`` (converted) or ``tokenizer_config.json``
     (HF), default uncased; the truncation cap is the config's ``max_position_embeddings`` (512 if no
-    config).
+    config). ``truncation``: see :class:`WordPieceTokenizer`.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -177,4 +218,4 @@ def load_tokenizer(folder: str | Path, max_length: int = 128) -> WordPieceTokeni
         model_max = int(cfg.get("max_position_embeddings", 512))
     return WordPieceTokenizer(folder / VOCAB_NAME, do_lower_case=opts["do_lower_case"],
                               strip_accents=opts["strip_accents"], max_length=max_length,
-                              model_max_length=model_max)
+                              model_max_length=model_max, truncation=truncation)
