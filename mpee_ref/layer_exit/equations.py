@@ -1,0 +1,189 @@
+r"""Layer-wise early exiting as the paper writes it: Eqs. (9)-(10) and the exit test, §3.2.
+
+Every function here is pure (tensors in, tensors out, no module state). ``heads.py`` holds the
+exit-head module; the MPEE model wires the rest: after each layer l it computes
+``z = head_l(h[:, 0])`` (Eq. 9), ``mem = eq10_classifier_memory(mem, z, lam)`` (Eq. 10),
+``ent = exit_entropy(mem)`` and exits the samples where ``should_exit(ent, F)``.
+
+Shapes follow the legend of ``mpee_ref/encoder/equations.py`` (B batch, D hidden, C classes).
+
+Paper notation <-> code:
+
+    h_[CLS]^l            [CLS] hidden state after layer l             ``h_cls``          (B, D)
+    W_z^l, b_z^l         literal Eq. (9) head weight / bias           ``weight, bias``   (C, D), (C,)
+    (pooler, classifier) the authors' realisation of Eq. (9)          ``w_pool, b_pool`` (D, D), (D,)
+                                                                      ``w_cls, b_cls``   (C, D), (C,)
+    C_z^l                exit logits of layer l                       ``logits``         (B, C)
+    C_zm^l               EE classifier memory                         ``memory``         (B, C)
+    \lambda              memory weight (0.9 in §4.4)                  ``lam``
+    \hat y_z^l           softmax(C_zm^l)                              ``eq10_probabilities``
+    F                    entropy threshold                            ``threshold``
+
+Weights use the PyTorch layout ``(out_features, in_features)``: ``W h`` of the paper is ``h @ w.T``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _check_2d(name: str, x: Tensor, what: str) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be {what}, got shape {tuple(x.shape)}")
+
+
+def _check_linear(prefix: str, weight: Tensor, bias: Tensor, in_features: int) -> None:
+    if weight.dim() != 2 or weight.shape[1] != in_features:
+        raise ValueError(f"{prefix} weight must be (out, {in_features}), got shape {tuple(weight.shape)}")
+    if bias.shape != (weight.shape[0],):
+        raise ValueError(f"{prefix} bias must be ({weight.shape[0]},) to match its weight "
+                         f"{tuple(weight.shape)}, got shape {tuple(bias.shape)}")
+
+
+# ----------------------------------------------------------------------------- Eq. (9)
+def eq09_exit_logits(h_cls: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    r"""Eq. (9), §3.2, taken literally: the exit logits of the l-th EE classifier.
+
+    .. math:: C_z^l = \tanh(W_z^l h_{[\text{CLS}]}^l + b_z^l), \quad W_z^l \in \mathbb{R}^{C \times d}
+
+    Args:
+        h_cls: ``(B, D)`` the [CLS] hidden state after layer l.
+        weight: ``(C, D)`` :math:`W_z^l`.  bias: ``(C,)`` :math:`b_z^l` (the paper writes
+            :math:`\mathbb{R}^J`, J = C the number of classes).
+    Returns:
+        ``(B, C)`` logits, each in ``[-1, 1]``.
+
+    Deviation: none, but this reading bounds the logits to ``[-1, 1]``, so softmax can never be
+    confident (for C = 2, max probability e/(e + e^{-1}) ~ 0.881, entropy >= 0.36 nats) and low
+    thresholds F never fire. It is the ``head="tanh"`` switch; the default is
+    :func:`eq09_pooled_exit_logits` (see docs/interpretation/layer_exit_and_losses.md).
+    """
+    _check_2d("h_cls", h_cls, "(B, D)")
+    _check_linear("eq09_exit_logits", weight, bias, h_cls.shape[1])
+    return torch.tanh(F.linear(h_cls, weight, bias))                       # (B, C)
+
+
+def eq09_pooled_exit_logits(h_cls: Tensor, w_pool: Tensor, b_pool: Tensor, w_cls: Tensor, b_cls: Tensor,
+                            dropout_p: float = 0.0, training: bool = False) -> Tensor:
+    r"""Eq. (9), §3.2, as the authors realise it: a BERT pooler, then an untied linear classifier.
+
+    .. math:: C_z^l = W_c^l \, \mathrm{Dropout}\big(\tanh(W_p^l h_{[\text{CLS}]}^l + b_p^l)\big) + b_c^l
+
+    The printed :math:`\tanh(W_z^l h + b_z^l)` is read as the pooler :math:`\tanh(W_p h + b_p)`,
+    :math:`W_p \in \mathbb{R}^{d \times d}`, followed by the classifier
+    :math:`W_c \in \mathbb{R}^{C \times d}`.
+
+    Args:
+        h_cls: ``(B, D)``.  w_pool: ``(D, D)``, b_pool: ``(D,)``.  w_cls: ``(C, D)``, b_cls: ``(C,)``.
+        dropout_p, training: dropout on the pooled vector (active only when ``training``).
+    Returns:
+        ``(B, C)`` unbounded logits.
+
+    Deviation: the paper's Eq. (9) has one affine map inside the tanh and nothing after it; we
+    add the classifier after the tanh (as the authors' code does) so that logits are unbounded.
+    """
+    _check_2d("h_cls", h_cls, "(B, D)")
+    D = h_cls.shape[1]
+    _check_linear("pooler", w_pool, b_pool, D)
+    if w_pool.shape[0] != D:
+        raise ValueError(f"pooler weight must be ({D}, {D}), got shape {tuple(w_pool.shape)}")
+    _check_linear("classifier", w_cls, b_cls, D)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    pooled = torch.tanh(F.linear(h_cls, w_pool, b_pool))                  # (B, D): tanh(W_p h + b_p)
+    if training and dropout_p > 0:
+        pooled = F.dropout(pooled, p=dropout_p, training=True)             # (B, D)
+    return F.linear(pooled, w_cls, b_cls)                                  # (B, C)
+
+
+# ----------------------------------------------------------------------------- Eq. (10)
+def eq10_classifier_memory(prev: Tensor | None, logits: Tensor, lam: float) -> Tensor:
+    r"""Eq. (10), §3.2: recycling EE classifier memory, kept on the logits.
+
+    .. math:: C_{zm}^{l} = (1-\lambda)C_{zm}^{l-1} + \lambda C_{z}^{l}
+
+    with :math:`C_{zm}^1 = C_z^1` at the first exit (there is no :math:`C_{zm}^0`). Unrolled,
+    :math:`C_{zm}^l = (1-\lambda)^{l-1} C_z^1 + \sum_{j=2}^{l} \lambda (1-\lambda)^{l-j} C_z^j`,
+    a convex combination of the logits so far. :math:`\lambda = 1` switches the memory off
+    (the "w/o EE memory" ablation).
+
+    Args:
+        prev: ``(B, C)`` :math:`C_{zm}^{l-1}`, or None at the first exit.
+        logits: ``(B, C)`` :math:`C_z^l`.
+        lam: :math:`\lambda \in [0, 1]` (0.9 in §4.4).
+    Returns:
+        ``(B, C)`` :math:`C_{zm}^l`.
+
+    Deviation: the paper does not say how :math:`C_{zm}^1` starts; we (and the authors) use
+    :math:`C_{zm}^1 = C_z^1`, which equals a zero :math:`C_{zm}^0` only when :math:`\lambda = 1`.
+    """
+    _check_2d("logits", logits, "(B, C)")
+    lam = float(lam)
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam (lambda of Eq. 10) must be in [0, 1], got {lam!r}")
+    if prev is None:
+        return logits                                                      # (B, C): C_zm^1 = C_z^1
+    if prev.shape != logits.shape:
+        raise ValueError(f"prev must have the shape of logits {tuple(logits.shape)}, "
+                         f"got {tuple(prev.shape)}")
+    return (1.0 - lam) * prev + lam * logits                               # (B, C)
+
+
+def eq10_probabilities(memory: Tensor) -> Tensor:
+    r"""Eq. (10), §3.2: :math:`\hat y_z^l = \mathrm{softmax}(C_{zm}^l)` over the classes.
+
+    Args:
+        memory: ``(B, C)``.
+    Returns:
+        ``(B, C)`` probabilities, rows summing to 1.
+    """
+    _check_2d("memory", memory, "(B, C)")
+    return torch.softmax(memory, dim=-1)                                   # (B, C)
+
+
+# ----------------------------------------------------------------------------- exit test
+def exit_entropy(memory: Tensor) -> Tensor:
+    r"""Entropy of the exit distribution (text after Eq. (14), §3.2), in nats.
+
+    .. math:: H(\hat y_z^l) = -\sum_{c=1}^{C} \hat y_{z,c}^l \log \hat y_{z,c}^l,
+              \quad \hat y_z^l = \mathrm{softmax}(C_{zm}^l)
+
+    Computed from ``log_softmax`` (``p = exp(log p)``), so it stays finite for logits of any
+    magnitude (a class with ``p = 0`` contributes ``0 * finite = 0``), unlike ``exp(logits)``.
+
+    Args:
+        memory: ``(B, C)`` :math:`C_{zm}^l`.
+    Returns:
+        ``(B,)`` entropies in ``[0, ln C]``; not normalised by ``ln C`` (as the authors).
+    """
+    _check_2d("memory", memory, "(B, C)")
+    log_p = torch.log_softmax(memory, dim=-1)                              # (B, C)
+    return -(log_p.exp() * log_p).sum(dim=-1)                              # (B,)
+
+
+def should_exit(entropy: Tensor, threshold: float) -> Tensor:
+    r"""The exit test (text after Eq. (14), §3.2): exit where the entropy is below F.
+
+    .. math:: \mathrm{exit}_b = \big[\, H(\hat y_{z,b}^l) < F \,\big]
+
+    Args:
+        entropy: ``(B,)`` from :func:`exit_entropy`.
+        threshold: F (nats); ``F <= 0`` never exits, ``F > ln C`` always exits.
+    Returns:
+        ``(B,)`` bool, one decision per sample.
+
+    Deviation: the paper prints "whether the entropy value ... is greater than the preset
+    threshold F"; a confident classifier has *low* entropy (§1: exit "when the confidence level is
+    higher than the threshold"), and the authors exit when the entropy is below F. The test is
+    strict. Exiting every remaining sample at the last layer is the model's job.
+    """
+    if entropy.dim() != 1:
+        raise ValueError(f"entropy must be (B,), got shape {tuple(entropy.shape)}")
+    threshold = float(threshold)
+    if math.isnan(threshold):
+        raise ValueError("threshold F must be a number, got nan")
+    return entropy < threshold                                             # (B,) bool

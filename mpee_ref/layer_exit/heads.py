@@ -1,0 +1,85 @@
+"""The EE classifier of Eq. (9) as a module: parameters under checkpoint-style names.
+
+``ExitHead(head="pooler")`` (default) holds ``pooler.dense.{weight,bias}`` (D x D, a BERT pooler)
+and ``classifier.{weight,bias}`` (C x D); ``ExitHead(head="tanh")`` holds ``dense.{weight,bias}``
+(C x D), the literal bounded form. The computation is :mod:`mpee_ref.layer_exit.equations`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import equations as eq
+
+HEAD_KINDS = ("pooler", "tanh")
+
+
+class _Holder(nn.Module):
+    """An empty module used only to reproduce the nested name ``pooler.dense``."""
+
+
+class ExitHead(nn.Module):
+    r"""One EE classifier (Eq. 9): ``h_CLS (B, D) -> C_z (B, C)``.
+
+    Args:
+        hidden_size: D.  num_labels: C.
+        head: ``"pooler"``: :math:`W_c\,\mathrm{Dropout}(\tanh(W_p h + b_p)) + b_c` (the authors');
+            ``"tanh"``: :math:`\tanh(W h + b)` (Eq. 9 as printed, logits in [-1, 1]).
+        dropout_p: dropout before the classifier (``"pooler"``) or on h_CLS before ``dense``
+            (``"tanh"``), active in train mode only.
+
+    Init: every weight normal(0, 0.02), every bias 0 (BERT's initialiser);
+    :meth:`init_from_pooler` then copies a pretrained BERT pooler into ``pooler.dense``.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, head: str = "pooler", dropout_p: float = 0.1):
+        super().__init__()
+        for name, value in (("hidden_size", hidden_size), ("num_labels", num_labels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ExitHead {name} must be a positive int, got {value!r}")
+        if head not in HEAD_KINDS:
+            raise ValueError(f"ExitHead head must be one of {HEAD_KINDS}, got {head!r}")
+        if not 0.0 <= float(dropout_p) < 1.0:
+            raise ValueError(f"ExitHead dropout_p must be in [0, 1), got {dropout_p!r}")
+        self.hidden_size, self.num_labels, self.head, self.dropout_p = hidden_size, num_labels, head, float(dropout_p)
+        if head == "pooler":
+            self.pooler = _Holder()
+            self.pooler.dense = nn.Linear(hidden_size, hidden_size)
+            self.classifier = nn.Linear(hidden_size, num_labels)
+        else:
+            self.dense = nn.Linear(hidden_size, num_labels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def init_from_pooler(self, weight: Tensor, bias: Tensor) -> None:
+        """Copy a pretrained BERT pooler (``pooler.dense.weight`` (D, D), ``.bias`` (D,)) into this head."""
+        if self.head != "pooler":
+            raise ValueError(f"init_from_pooler needs head='pooler', this head is {self.head!r}")
+        D = self.hidden_size
+        if tuple(weight.shape) != (D, D):
+            raise ValueError(f"pooler weight must be ({D}, {D}), got shape {tuple(weight.shape)}")
+        if tuple(bias.shape) != (D,):
+            raise ValueError(f"pooler bias must be ({D},), got shape {tuple(bias.shape)}")
+        with torch.no_grad():
+            self.pooler.dense.weight.copy_(weight)
+            self.pooler.dense.bias.copy_(bias)
+
+    def forward(self, h_cls: Tensor) -> Tensor:
+        if h_cls.dim() != 2 or h_cls.shape[1] != self.hidden_size:
+            raise ValueError(f"h_cls must be (B, {self.hidden_size}), got shape {tuple(h_cls.shape)}")
+        if self.head == "pooler":
+            return eq.eq09_pooled_exit_logits(
+                h_cls, self.pooler.dense.weight, self.pooler.dense.bias,
+                self.classifier.weight, self.classifier.bias,
+                dropout_p=self.dropout_p, training=self.training)          # (B, C)
+        x = nn.functional.dropout(h_cls, self.dropout_p, self.training)    # (B, D)
+        return eq.eq09_exit_logits(x, self.dense.weight, self.dense.bias)  # (B, C)
+
+    def extra_repr(self) -> str:
+        return f"head={self.head!r}, hidden_size={self.hidden_size}, num_labels={self.num_labels}, dropout_p={self.dropout_p}"
