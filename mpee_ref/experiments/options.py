@@ -1,0 +1,94 @@
+"""Command-line pieces shared by the experiment commands: ``--set key=value`` for any
+:class:`~mpee_ref.mpee.MPEEConfig` field, presets, ablations, the plain (no-exit) baseline config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import replace
+from typing import Any, Iterable, Sequence
+
+from ..mpee.config import ABLATIONS, MPEEConfig
+
+PRESETS = ("paper", "authors")
+MODES = ("mpee", "plain")
+
+#: The switches that make an MPEE model the plain fine-tuning baseline: no token exits, no sample
+#: exits, no distillation, λ = 1 (the last head's "memory" is its own logits).
+PLAIN_SWITCHES: dict[str, Any] = dict(token_exit=False, layer_exit=False, use_kd=False, classifier_memory=False)
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _parse_value(key: str, annotation: str, raw: str) -> Any:
+    text = raw.strip()
+    optional = "None" in annotation
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    base = annotation.replace("| None", "").strip()
+    try:
+        if base == "bool":
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError
+        if base == "int":
+            return int(text)
+        if base == "float":
+            return float(text)
+        if base.startswith("tuple[int"):
+            return tuple(int(x) for x in text.replace(" ", "").strip("()[]").split(",") if x)
+    except ValueError:
+        raise ValueError(f"--set {key}={raw}: expected {annotation}, got {raw!r}") from None
+    return text
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """``["threshold=0.2", "prune_layers=2,4"]`` -> ``{"threshold": 0.2, "prune_layers": (2, 4)}``.
+
+    Values are parsed by the field's type (bool: true/false/1/0; ``None``/``null`` for optional fields;
+    tuples as comma lists). Unknown keys raise ``ValueError`` listing the known ones.
+    """
+    types = {f.name: str(f.type) for f in dataclasses.fields(MPEEConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set: expected key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in types:
+            raise ValueError(f"--set: unknown MPEEConfig field {key!r}; known fields: {sorted(types)}")
+        out[key] = _parse_value(key, types[key], raw)
+    return out
+
+
+def build_config(num_labels: int, num_layers: int, *, preset: str = "paper", ablate: Sequence[str] = (),
+                 overrides: dict[str, Any] | None = None, mode: str = "mpee") -> MPEEConfig:
+    """The training config: preset, then each ``ablate`` (Table 2), then ``overrides``; ``mode="plain"``
+    then forces :data:`PLAIN_SWITCHES` (an override that contradicts them is an error)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    overrides = dict(overrides or {})
+    if "num_labels" in overrides and overrides["num_labels"] != num_labels:
+        raise ValueError(f"--set num_labels={overrides['num_labels']}: the task has {num_labels} classes")
+    overrides.pop("num_labels", None)
+    cfg = (MPEEConfig.paper(num_labels) if preset == "paper"
+           else MPEEConfig.authors(num_labels, num_layers))
+    for name in ablate:
+        if name.lower().removeprefix("w/o ").strip() not in ABLATIONS:
+            raise ValueError(f"--ablate: unknown component {name!r}; expected one of {ABLATIONS}")
+        cfg = cfg.without(name)
+    cfg = replace(cfg, **overrides)
+    if mode == "plain":
+        clash = {k: v for k, v in overrides.items() if k in PLAIN_SWITCHES and v != PLAIN_SWITCHES[k]}
+        if clash:
+            raise ValueError(f"--mode plain turns off token/layer exits, distillation and the classifier "
+                             f"memory; --set {clash} contradicts it")
+        if cfg.gamma is not None:          # the authors' γ weighting needs distillation; plain has none
+            cfg = replace(cfg, gamma=None)
+        cfg = replace(cfg, **PLAIN_SWITCHES)
+    return cfg
