@@ -42,7 +42,8 @@ class ExitHead(nn.Module):
             raise ValueError(f"ExitHead head must be one of {HEAD_KINDS}, got {head!r}")
         if not 0.0 <= float(dropout_p) < 1.0:
             raise ValueError(f"ExitHead dropout_p must be in [0, 1), got {dropout_p!r}")
-        self.hidden_size, self.num_labels, self.head, self.dropout_p = hidden_size, num_labels, head, float(dropout_p)
+        self.hidden_size, self.num_labels = hidden_size, num_labels
+        self.head, self.dropout_p = head, float(dropout_p)
         if head == "pooler":
             self.pooler = _Holder()
             self.pooler.dense = nn.Linear(hidden_size, hidden_size)
@@ -82,4 +83,5 @@ class ExitHead(nn.Module):
         return eq.eq09_exit_logits(x, self.dense.weight, self.dense.bias)  # (B, C)
 
     def extra_repr(self) -> str:
-        return f"head={self.head!r}, hidden_size={self.hidden_size}, num_labels={self.num_labels}, dropout_p={self.dropout_p}"
+        return (f"head={self.head!r}, hidden_size={self.hidden_size}, num_labels={self.num_labels}, "
+                f"dropout_p={self.dropout_p}")
