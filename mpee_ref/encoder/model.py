@@ -168,8 +168,10 @@ class BertEncoder(nn.Module):
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if tuple(t.shape) != (B, T):
                 raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {(B, T)} like input_ids")
-        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("attention_mask must contain only 0 and 1")
+        bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+        if bad.numel() > 0:
+            raise ValueError(f"attention_mask must contain only 0 and 1, got value(s) "
+                             f"{bad.unique()[:5].tolist()}")
         if not bool(attention_mask[:, 0].bool().all()):
             raise ValueError("attention_mask[:, 0] must be 1: the first token ([CLS]) is always real")
         tt_lo, tt_hi = int(token_type_ids.min()), int(token_type_ids.max())
