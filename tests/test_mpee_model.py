@@ -221,3 +221,14 @@ def test_flop_counter_matches_the_accounting_on_the_real_inference():
                     - sum(2 * len(t.fused_positions) * BERT.hidden_size for t in fused_layers)
                     + sum(2 * (t.n_att - 1) * BERT.hidden_size for t in fused_layers))
         assert counter.get_total_flops() == expected
+
+
+def test_bottom_selection_keeps_the_lowest_scores():
+    """Fig. 5's control: token_select="bottom" keeps the m lowest-memory tokens instead of the m highest."""
+    x = batch(lengths=(13,))
+    top = MODEL.infer(x, threshold=0.0).samples[0].layers[1]
+    bottom = MODEL.infer(x, threshold=0.0, token_select="bottom").samples[0].layers[1]
+    assert len(top.positions) == len(bottom.positions) == 11                # same m = 9, + [CLS] + fused
+    assert set(top.positions[1:-1]) != set(bottom.positions[1:-1])
+    # what "top" fuses (its 3 lowest) is kept by "bottom", whose 9 lowest include them
+    assert set(top.fused_positions) <= set(bottom.positions[1:-1])

@@ -55,6 +55,7 @@ class MPEEConfig:
     token_score: str = "class"              # Table 3: "class" attention (Eq. 5) or "all"-token attention
     fusion: str = "memory"                  # Eq. 8 α_i: "memory" (A_m score), "normalised", or "drop" (w/o EE-fusion)
     fused_memory: str = "sum"               # A_m entry of the fused token: "sum" of the fused scores, or "mean" (authors)
+    token_select: str = "top"               # keep the m "top" scores (the method) or the "bottom" m (Fig. 5 control)
 
     # -- layer-wise early exit, Eqs. (9)-(10) ---------------------------------------------------
     layer_exit: bool = True                 # "Layer-EE" (Table 2): may a sample leave before layer L?
@@ -93,6 +94,8 @@ class MPEEConfig:
         check(self.token_score in ("class", "all"), f"token_score must be 'class' or 'all', got {self.token_score!r}")
         check(self.fusion in ("memory", "normalised", "drop"),
               f"fusion must be 'memory', 'normalised' or 'drop', got {self.fusion!r}")
+        check(self.token_select in ("top", "bottom"),
+              f"token_select must be 'top' or 'bottom', got {self.token_select!r}")
         check(self.fused_memory in ("sum", "mean"), f"fused_memory must be 'sum' or 'mean', got {self.fused_memory!r}")
         check(self.threshold >= 0.0, f"threshold (F) must be >= 0, got {self.threshold!r}")
         check(0.0 < self.lam <= 1.0, f"lam (λ, Eq. 10) must be in (0, 1], got {self.lam!r}")

@@ -183,7 +183,7 @@ class MPEEModel(nn.Module):
         if l not in prune_at:
             return z, mask, att_mem, None
         res = prune_tokens(z, mask, att_mem, cfg.r_ee, r_ee_means=cfg.r_ee_means, fusion=cfg.fusion,
-                           fused_memory=cfg.fused_memory,
+                           fused_memory=cfg.fused_memory, select=cfg.token_select,
                            n_base=n_base if cfg.ratio_base == "original" else None)
         return res.hidden, res.attention_mask, res.memory, res                      # (B, T', D) ...
 

@@ -294,7 +294,7 @@ class PruneResult:
 
 def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: float, *,
                  r_ee_means: str = "exit", fusion: str = "memory", fused_memory: str = "sum",
-                 n_base: Tensor | None = None) -> PruneResult:
+                 n_base: Tensor | None = None, select: str = "top") -> PruneResult:
     r"""Eqs. (7)-(8), §3.1: keep the m best tokens, fuse the p = N − m others, splice.
 
     .. math::
@@ -312,6 +312,8 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
             Σ memory is unchanged) or ``"mean"`` (authors).
         n_base: ``(B,)`` integer or None; if given, m is computed from this length (e.g. the
             original sequence length) and clipped to N.
+        select: ``"top"`` keeps the m highest-scoring tokens (the method); ``"bottom"`` keeps the m
+            lowest (the paper's Fig. 5 control experiment). Ties go to the lower position either way.
     Returns:
         :class:`PruneResult`. T' = 1 + max_b(m_b + [sample b has a fused token]). If no sample
         prunes any token (e.g. r_ee = 0) the inputs are returned as they are (same length T).
@@ -335,6 +337,8 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if fused_memory not in FUSED_MEMORIES:
         raise ValueError(f"fused_memory must be one of {FUSED_MEMORIES}, got {fused_memory!r}")
+    if select not in ("top", "bottom"):
+        raise ValueError(f"select must be 'top' or 'bottom', got {select!r}")
     valid = attention_mask[:, 1:] != 0                                         # (B, N)
     n = valid.sum(dim=1)                                                       # (B,) N per sample
     if n_base is None:
@@ -344,7 +348,7 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
         if n_base.shape[0] != B:
             raise ValueError(f"n_base must have shape ({B},), got {tuple(n_base.shape)}")
         m = torch.minimum(eq07_num_kept(n_base, r_ee, r_ee_means).to(n.device), n)   # (B,)
-    keep = eq07_top_m(memory, valid, m)                                        # (B, N)
+    keep = eq07_top_m(memory if select == "top" else -memory, valid, m)        # (B, N)
     exited = valid & ~keep                                                     # (B, N): p tokens
     p = n - m                                                                  # (B,)
     arange_n = torch.arange(N, device=hidden.device)                           # (N,)
@@ -365,7 +369,8 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
     else:  # "drop"
         alpha = torch.zeros_like(memory)                                       # (B, N)
     has_fused = (p > 0) & (fusion != "drop")                                   # (B,)
-    h_eef = eq08_fuse(hidden[:, 1:], alpha, exited)                            # (B, D)
+    h_eef = (eq08_fuse(hidden[:, 1:], alpha, exited) if fusion != "drop"
+             else hidden.new_zeros(B, D))                                      # (B, D)
     mem_eef = score.sum(dim=1)                                                 # (B,) Σ exited scores
     if fused_memory == "mean":
         mem_eef = mem_eef / p.clamp_min(1).to(mem_eef.dtype)                   # (B,)
