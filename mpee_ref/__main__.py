@@ -16,6 +16,7 @@ from typing import Sequence
 SUBCOMMAND_MODULES: list[str] = [
     "mpee_ref.io.cli",        # convert, fetch-weights
     "mpee_ref.experiments.cli",  # train, evaluate
+    "mpee_ref.experiments.demo",  # demo
 ]
 
 
