@@ -198,8 +198,8 @@ def test_train_without_dropout_equals_eval():
 @pytest.mark.parametrize("which", ["hidden_dropout_prob", "attention_probs_dropout_prob"])
 def test_train_applies_each_dropout_on_its_own(which):
     """Each of BERT's two dropouts is wired: with only one of them non-zero, train != eval."""
-    cfg = dataclasses.replace(TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                              **{which: 0.3})
+    probs = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0} | {which: 0.3}
+    cfg = dataclasses.replace(TINY, **probs)
     model = tiny_model(cfg=cfg)
     ids, mask, tt = padded_batch()
     with torch.no_grad():
