@@ -210,6 +210,22 @@ def test_train_applies_each_dropout_on_its_own(which):
     assert (tr - ev).abs().max() > 1e-2
 
 
+def test_each_sublayer_of_bert_layer_applies_dropout_in_train_mode():
+    model = tiny_model()
+    layer = model.layers[0]
+    gen = torch.Generator().manual_seed(4)
+    h = torch.randn(2, 5, TINY.hidden_size, generator=gen)                 # (B, T, D)
+    with torch.no_grad():
+        z_eval, _ = layer.attention_sublayer(h, None)
+        f_eval = layer.ffn_sublayer(h)
+        layer.train()
+        torch.manual_seed(0)
+        z_train, _ = layer.attention_sublayer(h, None)
+        f_train = layer.ffn_sublayer(h)
+    assert (z_train - z_eval).abs().max() > 1e-2
+    assert (f_train - f_eval).abs().max() > 1e-2
+
+
 # ----------------------------------------------------------------------------- input validation
 @pytest.mark.parametrize("make_args, message", [
     (lambda: (torch.ones(5, dtype=torch.long),), r"input_ids must be a \(B, T\) integer tensor, got torch.Size\(\[5\]\)"),
