@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 from ..data import get_task, read_glue
 from ..mpee import MPEEModel, load_mpee, save_mpee
-from .batching import EncodedDataset, EpochBatchSampler, collate, encode_examples
+from .batching import EpochBatchSampler, collate, encode_examples
 from .evaluate import run_inference, summarize
 from .options import MODES, PRESETS, build_config, parse_overrides
 
