@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "mpee_ref.io.cli",        # convert, fetch-weights
     "mpee_ref.experiments.cli",  # train, evaluate
     "mpee_ref.experiments.demo",  # demo
+    "mpee_ref.experiments.sweep",  # sweep (Figs. 1, 3, 4, 5)
 ]
 
 
