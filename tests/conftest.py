@@ -14,7 +14,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
+
+# Tests run tiny tensors, where intra-op threading costs more than it gains (measured 3-5x slower with
+# 2 threads on the 2-core CI machine); one thread also makes timings and reductions reproducible.
+torch.set_num_threads(1)
 
 settings.register_profile(
     "mpee", derandomize=True, deadline=None, max_examples=40,
