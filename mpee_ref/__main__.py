@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "mpee_ref.experiments.cli",  # train, evaluate
     "mpee_ref.experiments.demo",  # demo
     "mpee_ref.experiments.sweep",  # sweep (Figs. 1, 3, 4, 5)
+    "mpee_ref.experiments.ablation",  # ablation (Tables 2, 3)
 ]
 
 
