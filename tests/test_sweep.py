@@ -56,7 +56,7 @@ def test_cli_writes_the_grid_consistent_with_evaluate_model(setup, tmp_path, cap
     by = {(p["threshold"], p["r_ee"]): p for p in res["points"]}
     assert by[(1.0, 0.0)]["exit_layer_counts"] == {"1": 10, "2": 0, "3": 0}
     assert 1.0 < by[(mid, 0.0)]["mean_exit_layer"] < 3.0     # the median F really splits the samples
-    # R_ee = 0.5 prunes at layers 2 and 3 (scale_layers((4, 7, 10), 3)): fewer tokens, higher rho
+    # R_ee = 0.5 prunes at layers 1, 2, 3 (scale_layers((4, 7, 10), 3)): fewer tokens, higher rho
     assert by[(0.0, 0.5)]["mean_tokens_per_layer"][2] < by[(0.0, 0.0)]["mean_tokens_per_layer"][2]
     assert by[(0.0, 0.5)]["rho"] > by[(0.0, 0.0)]["rho"]
     assert res["pareto_front"] == pareto_front(res["points"], "accuracy")
