@@ -142,6 +142,9 @@ def test_module_equals_the_equations_layer_by_layer():
         assert torch.equal(probs, out.attentions[l])
 
 
+MODEL64 = tiny_model(seed=3).double()
+
+
 @settings(max_examples=20)
 @given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4), n_pad=st.integers(1, 5),
        seed=st.integers(0, 2**31 - 1))
@@ -161,8 +164,6 @@ def test_padding_and_batching_change_nothing_float64(lengths, n_pad, seed):
             alone = model(ids[b:b + 1, :n], None, tt[b:b + 1, :n]).last_hidden_state   # (1, n, D)
             torch.testing.assert_close(batch[b, :n], alone[0], rtol=0, atol=1e-12)
 
-
-MODEL64 = tiny_model(seed=3).double()
 
 
 # ----------------------------------------------------------------------------- train / eval
