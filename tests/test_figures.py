@@ -147,5 +147,6 @@ def test_sweep_cli_writes_every_figure(setup, tmp_path):
     for n in names:
         assert (tmp_path / n).read_bytes()[:8] == PNG
     # a Fig. 4 point outside the grid is evaluated on its own
-    assert (res["fig4"]["threshold"], res["fig4"]["r_ee"]) == (0.65, 0.1) and sum(res["fig4"]["samples_per_exit_layer"]) == 10
+    assert (res["fig4"]["threshold"], res["fig4"]["r_ee"]) == (0.65, 0.1)
+    assert sum(res["fig4"]["samples_per_exit_layer"]) == 10
     assert res["fig1"]["mean_pairwise_cosine"] == pytest.approx(fig1_token_similarity(setup["model"], setup["data"]))

@@ -186,7 +186,8 @@ def _slug(extra: Sequence[str]) -> str:
 def table_markdown(result: dict[str, Any]) -> str:
     """The paper's layout: one row per model, the metric(s) in % then ρ."""
     names = result["metric_names"]
-    title = {"table2": "Table 2: ablation study", "table3": "Table 3: token score for selecting tokens"}[result["table"]]
+    title = {"table2": "Table 2: ablation study",
+             "table3": "Table 3: token score for selecting tokens"}[result["table"]]
     mode = ("inference-only: one trained model, components switched off at inference; "
             "the paper retrains each row" if result["mode"] == "inference-only"
             else "full: one model trained per row, same encoder, seed and training flags")

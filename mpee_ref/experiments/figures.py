@@ -185,7 +185,7 @@ def plot_fig3(curves: Mapping[str, Sequence[Mapping[str, float]]], metric: str, 
                         textcoords="offset points", xytext=(2, 3))
     ax.set_xlabel("speed-up ρ (Eq. 15)")
     ax.set_ylabel(metric)
-    ax.set_title("Fig. 3: performance vs acceleration (labels: F)")
+    ax.set_title("Fig. 3: performance vs acceleration (point labels: F)", fontsize=10)
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -208,6 +208,6 @@ def plot_fig5(data: Mapping[str, Any], metric: str, path: str | Path) -> Path:
         ax.plot(data["r_ee"], [r["metrics"][metric] for r in data[select]], style, label=f"keep {select}-m")
     ax.set_xlabel("R_ee (fraction of tokens that exit per pruning layer)")
     ax.set_ylabel(metric)
-    ax.set_title("Fig. 5: top vs bottom class-attention tokens (no layer exit)")
+    ax.set_title("Fig. 5: top vs bottom class-attention tokens\n(layer exit off)", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)
