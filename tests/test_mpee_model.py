@@ -232,3 +232,14 @@ def test_bottom_selection_keeps_the_lowest_scores():
     assert set(top.positions[1:-1]) != set(bottom.positions[1:-1])
     # what "top" fuses (its 3 lowest) is kept by "bottom", whose 9 lowest include them
     assert set(top.fused_positions) <= set(bottom.positions[1:-1])
+
+
+def test_token_score_override_is_used_per_call():
+    """Table 3's all-token attention, switched per call, changes which tokens are kept (and equals a
+    model configured with it)."""
+    x = batch(lengths=(13,))
+    cls_ = MODEL.infer(x, threshold=0.0).samples[0]
+    all_ = MODEL.infer(x, threshold=0.0, token_score="all").samples[0]
+    configured = make_model(token_score="all").infer(x, threshold=0.0).samples[0]
+    assert _strip(all_) == _strip(configured)
+    assert [t.positions for t in cls_.layers] != [t.positions for t in all_.layers]

@@ -162,9 +162,10 @@ class MPEEModel(nn.Module):
                 head.init_from_pooler(self.bert.pooler.dense.weight, self.bert.pooler.dense.bias)
 
     # ------------------------------------------------------------------ shared per-layer pieces
-    def _token_scores(self, probs: Tensor, mask: Tensor) -> Tensor:
+    @staticmethod
+    def _token_scores(cfg: MPEEConfig, probs: Tensor, mask: Tensor) -> Tensor:
         """Eq. 5 (or Table 3's all-token attention): (B, H, T, T) -> (B, T-1)."""
-        if self.mpee_config.token_score == "class":
+        if cfg.token_score == "class":
             return eq05_class_attention(probs, mask)
         return all_token_attention(probs, mask)
 
@@ -178,7 +179,7 @@ class MPEEModel(nn.Module):
         z, probs = layer.attention_sublayer(h, attention_mask_bias(mask, h.dtype))   # (B, T, D), (B, H, T, T)
         if not cfg.token_exit:
             return z, mask, None, None
-        a = self._token_scores(probs, mask)                                          # (B, T-1)
+        a = self._token_scores(cfg, probs, mask)                                          # (B, T-1)
         att_mem = eq06_attention_memory(att_mem, a, cfg.beta_at(l))                  # (B, T-1)
         if l not in prune_at:
             return z, mask, att_mem, None
