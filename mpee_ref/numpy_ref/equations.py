@@ -197,8 +197,8 @@ class PruneResult:
 
 def prune_tokens(hidden: np.ndarray, attention_mask: np.ndarray, memory: np.ndarray, r_ee: float, *,
                  r_ee_means: str = "exit", fusion: str = "memory", fused_memory: str = "sum",
-                 n_base: np.ndarray | None = None) -> PruneResult:
-    r"""Eqs. (7)-(8): keep the m best tokens, fuse the p = N − m others into one token, splice.
+                 n_base: np.ndarray | None = None, select: str = "top") -> PruneResult:
+    r"""Eqs. (7)-(8): keep the m best tokens (``select="bottom"``: the m worst, Fig. 5's control), fuse the p = N − m others into one token, splice.
 
     Output row b: ``[CLS, kept tokens in position order, fused token (if p_b > 0 and fusion != "drop"),
     zero padding]``; T' = 1 + max_b(m_b + has_fused_b). If no sample drops a token the inputs come back.
@@ -210,7 +210,7 @@ def prune_tokens(hidden: np.ndarray, attention_mask: np.ndarray, memory: np.ndar
     m = eq07_num_kept(n if n_base is None else n_base, r_ee, r_ee_means)   # (B,)
     if n_base is not None:
         m = np.minimum(m, n)
-    keep = eq07_top_m(memory, valid, m)                                    # (B, N)
+    keep = eq07_top_m(memory if select == "top" else -memory, valid, m)    # (B, N)
     exited = valid & ~keep                                                 # (B, N)
     p = n - m                                                              # (B,)
     if not (p > 0).any():

@@ -35,7 +35,7 @@ FUSED = -1  # position code of the EE-fusion token in traces
 MPEE_DEFAULTS: dict[str, Any] = dict(
     num_labels=2, token_exit=True, r_ee=0.3, r_ee_means="exit", prune_layers=None, ratio_base="current",
     beta=0.5, beta_warmup_layers=0, attention_memory=True, token_score="class", fusion="memory",
-    fused_memory="sum", layer_exit=True, threshold=0.3, lam=0.9, classifier_memory=True, head="pooler",
+    fused_memory="sum", token_select="top", layer_exit=True, threshold=0.3, lam=0.9, classifier_memory=True, head="pooler",
     classifier_dropout=0.1, use_kd=True, tau=3.0, kd_direction="student_teacher", kd_reduction="batchmean",
     detach_teacher_inputs=True, detach_teacher_in_kd=False, gamma=None)
 
@@ -210,7 +210,7 @@ class MPEENumpy:
             att_mem = eq.eq06_attention_memory(att_mem, score(probs, mask), self.beta_at(l))   # (B, T-1)
             if l in self.prune_layers():
                 res = eq.prune_tokens(z, mask, att_mem, c["r_ee"], r_ee_means=c["r_ee_means"],
-                                      fusion=c["fusion"], fused_memory=c["fused_memory"],
+                                      fusion=c["fusion"], fused_memory=c["fused_memory"], select=c["token_select"],
                                       n_base=n_base if c["ratio_base"] == "original" else None)
                 z, mask, att_mem = res.hidden, res.attention_mask, res.memory           # (B, T', D) ...
         return eq.eq01_ffn_sublayer(z, p, bert.eps, bert.approximate), mask, att_mem, res
