@@ -21,15 +21,6 @@ TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attent
                   intermediate_size=37, max_position_embeddings=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation, which stalls badly when
-    the 2 cores are busy. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Overwrite every parameter with distinct random values (biases and LayerNorm betas non-zero,
@@ -129,10 +120,12 @@ def test_hidden_states_and_attentions_are_optional_and_consistent():
     torch.testing.assert_close(full.hidden_states[0], h0, rtol=0, atol=1e-5)
 
 
-def test_module_equals_the_equations_layer_by_layer():
-    """BertLayer.forward == eq01_transformer_layer on its params(): the module adds nothing."""
+@pytest.mark.parametrize("lengths", [(13, 9, 1, 5), (13, 13, 13, 13)])
+def test_module_equals_the_equations_layer_by_layer(lengths):
+    """BertLayer.forward == eq01_transformer_layer on its params() with the mask bias: the module adds
+    nothing. The unpadded batch checks that skipping the all-zero bias changes nothing."""
     model = tiny_model().double()
-    ids, mask, tt = padded_batch()
+    ids, mask, tt = padded_batch(lengths=lengths)
     out = model(ids, mask, tt, output_hidden_states=True, output_attentions=True)
     bias = eq.attention_mask_bias(mask, torch.float64)
     for l, layer in enumerate(model.layers):
