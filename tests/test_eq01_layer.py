@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from hypothesis import given, strategies as st
 
@@ -22,15 +21,6 @@ from mpee_ref.encoder.equations import (
 F64 = torch.float64
 EPS = 1e-12
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation, which stalls badly when
-    the 2 cores are busy. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:

@@ -18,15 +18,6 @@ from mpee_ref.encoder.equations import attention_mask_bias, eq02_mhsa, eq03_atte
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation, which stalls badly when
-    the 2 cores are busy. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
     return scale * torch.randn(*shape, generator=gen, dtype=F64)

@@ -12,15 +12,6 @@ from hypothesis import given, strategies as st
 from mpee_ref.losses import eq11_cross_entropy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """These tensors are tiny: waking a second intra-op thread per op costs more than the op (x100 on
-    a loaded 2-core machine). Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_eq11_hand_example():
     # exit 1: memory [0, 0], y = 0     -> -log(1/2) = ln 2

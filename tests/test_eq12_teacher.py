@@ -11,15 +11,6 @@ from hypothesis import given, strategies as st
 from mpee_ref.losses import WeightedTeacher, eq12_teacher
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """These tensors are tiny: waking a second intra-op thread per op costs more than the op (x100 on
-    a loaded 2-core machine). Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 C, K = 3, 5
 

@@ -13,15 +13,6 @@ from torch.func import functional_call
 from mpee_ref.losses import LossTerms, WeightedTeacher, eq11_cross_entropy, eq13_kd_loss, eq14_total_loss, mpee_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """These tensors are tiny: waking a second intra-op thread per op costs more than the op (x100 on
-    a loaded 2-core machine). Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 L, B, C = 3, 4, 2
 

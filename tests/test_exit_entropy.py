@@ -11,15 +11,6 @@ from hypothesis import example, given, strategies as st
 from mpee_ref.layer_exit import exit_entropy, should_exit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """These tensors are tiny: waking a second intra-op thread per op costs more than the op (x100 on
-    a loaded 2-core machine). Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_entropy_hand_examples():
     # [0, 0] -> p = [1/2, 1/2] -> ln 2;  [0, 0, 0] -> ln 3
