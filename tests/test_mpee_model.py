@@ -131,7 +131,7 @@ def test_pruning_layers_keep_ceil_n_times_one_minus_r_and_fuse_the_rest():
     assert n_ffn[2] == 11 and n_ffn[3] == 9 and n_ffn[4] == 9
     l2, l4 = s.layers[1], s.layers[3]
     assert len(l2.fused_positions) == 3 and len(l4.fused_positions) == 3
-    assert l2.positions[0] == 0 and l2.positions[-1] == -1                   # [CLS] first, fused token last
+    assert l2.positions[0] == 0 and l2.positions[-1] == -2                   # [CLS] first, layer 2's fused token last
     kept2 = [p for p in l2.positions[1:] if p > 0]
     assert kept2 == sorted(kept2)                                            # kept tokens in input order
     assert set(kept2).isdisjoint(l2.fused_positions)
@@ -146,7 +146,7 @@ def test_ablation_switches():
     no_layer = MODEL.infer(x, layer_exit=False, threshold=10.0).samples
     assert all(s.exit_layer == L for s in no_layer)
     drop = MODEL.infer(x, fusion="drop", threshold=0.0).samples
-    assert all(-1 not in t.positions for s in drop for t in s.layers)
+    assert all(p >= 0 for s in drop for t in s.layers for p in t.positions)
     assert drop[0].tokens_per_layer[1] == 1 + math.ceil(12 * 0.7)            # no fused token appended
     with pytest.raises(ValueError, match="num_labels"):
         MODEL.infer(x, num_labels=4)

@@ -49,7 +49,7 @@ def _label_names(folder: Path, num_labels: int) -> list[str]:
 
 
 def _words(tokens: list[str], positions, limit: int = 28) -> str:
-    shown = [("<fused>" if p == -1 else tokens[p]) for p in positions]
+    shown = [(f"<fused@{-p}>" if p < 0 else tokens[p]) for p in positions]
     return " ".join(shown[:limit]) + (f" … (+{len(shown) - limit})" if len(shown) > limit else "")
 
 
@@ -71,9 +71,10 @@ def trace_text(model, text: str, threshold: float | None, r_ee: float | None) ->
         out.append(f"  {t.layer:>5} {t.n_att:>4}→{t.n_ffn:<4} {t.entropy:>8.3f}  "
                    f"{'<' if t.entropy < F else '≥'} F        {decision}")
         if t.fused_positions:
-            fused = ", ".join(f"{'<fused>' if p == -1 else tokens[p]} ({w:.3f})"
+            fused = ", ".join(f"{f'<fused@{-p}>' if p < 0 else tokens[p]} ({w:.3f})"
                               for p, w in zip(t.fused_positions, t.fused_weights))
-            out.append(f"        fused into one token (α): {fused}")
+            verb = "dropped" if model.mpee_config.fusion == "drop" else f"fused into <fused@{t.layer}> (α)"
+            out.append(f"        {verb}: {fused}")
             out.append(f"        kept: {_words(tokens, t.positions)}")
     probs = ", ".join(f"{names[c]} {p:.3f}" for c, p in enumerate(s.probabilities))
     out.append(f"  → {names[s.prediction]} at layer {s.exit_layer}/{len(model.exits)}  ({probs})")

@@ -39,8 +39,9 @@ from ..losses import LossTerms, WeightedTeacher, mpee_loss
 from ..token_exit import all_token_attention, eq05_class_attention, eq06_attention_memory, prune_tokens
 from .config import MPEEConfig
 
-#: Position code of the EE-fusion token in traces (real tokens have their input position; [CLS] is 0).
-FUSED = -1
+#: Position codes in traces: real tokens have their input position ([CLS] is 0); the EE-fusion token
+#: created at layer l is -l (so a fusion token kept from an earlier layer stays distinguishable).
+_PAD = -(2 ** 31)                        # internal code of a padding slot (never in a trace)
 
 
 # ============================================================================ typed outputs
@@ -69,9 +70,11 @@ class LayerTrace:
         layer: 1-based layer number l.
         n_att: tokens entering MHSA ([CLS], real tokens, a fused token if any).
         n_ffn: tokens entering the FFN (after Eq. 8 on pruning layers; else n_att).
-        positions: input positions of the tokens in h^l (0 = [CLS], -1 = the EE-fusion token).
-        fused_positions: input positions fused into the new fusion token at this layer
-            (-1 = the previous fusion token was fused again); empty where the layer does not prune.
+        positions: input positions of the tokens in h^l (0 = [CLS]; -k = the EE-fusion token made at
+            layer k).
+        fused_positions: position codes of the tokens fused into this layer's new fusion token (a
+            negative code: an earlier fusion token fused again); with ``fusion="drop"`` the dropped
+            tokens. Empty where the layer does not prune.
         fused_weights: α_i of those tokens (Eq. 8), same order.
         entropy: entropy (nats) of softmax(C_zm^l), the quantity compared with F.
         exited: whether the sample left the model after this layer.
@@ -293,8 +296,8 @@ class MPEEModel(nn.Module):
         n_base = lengths - 1                                                         # (B,)
         h = self.bert.embeddings(input_ids, token_type_ids)                          # (B, T, D)
         T = input_ids.shape[1]
-        # pos[b, j]: input position of the token in slot j (0 = [CLS], -1 = fused, -2 = padding)
-        pos = torch.where(mask.bool(), torch.arange(T)[None, :].expand(B, T), torch.full_like(input_ids, -2))
+        # pos[b, j]: position code of the token in slot j (0 = [CLS], -k = fused at layer k, _PAD = padding)
+        pos = torch.where(mask.bool(), torch.arange(T)[None, :].expand(B, T), torch.full_like(input_ids, _PAD))
         active = torch.arange(B)                                                     # (B_a,) original indices
         att_mem, cls_mem = None, None
         traces: list[list[LayerTrace]] = [[] for _ in range(B)]
@@ -309,7 +312,8 @@ class MPEEModel(nn.Module):
                 old = pos[:, 1:]                                                     # (B_a, T-1)
                 src = res.source_index                                               # (B_a, T'-1)
                 gathered = torch.gather(old, 1, src.clamp(min=0))
-                pos = torch.cat([pos[:, :1], torch.where(src >= 0, gathered, src)], dim=1)   # (B_a, T')
+                code = torch.where(src == -1, torch.full_like(src, -l), torch.full_like(src, _PAD))
+                pos = torch.cat([pos[:, :1], torch.where(src >= 0, gathered, code)], dim=1)  # (B_a, T')
                 for i in range(len(active)):
                     sel = res.fused[i]
                     fused_pos[i] = old[i][sel].tolist()
@@ -330,7 +334,7 @@ class MPEEModel(nn.Module):
             for i, b in enumerate(active.tolist()):
                 traces[b].append(LayerTrace(
                     layer=l, n_att=int(n_att[i]), n_ffn=int(n_ffn[i]),
-                    positions=tuple(p for p in pos[i].tolist() if p != -2),
+                    positions=tuple(p for p in pos[i].tolist() if p != _PAD),
                     fused_positions=tuple(fused_pos[i]), fused_weights=tuple(fused_w[i]),
                     entropy=float(ent_l[i]), exited=bool(leave_l[i])))
                 n_fused[b].append(len(fused_pos[i]) if cfg.fusion != "drop" else 0)

@@ -29,7 +29,7 @@ import numpy as np
 from . import equations as eq
 from .flops import sample_flops
 
-FUSED = -1  # position code of the EE-fusion token in traces
+# position code of the EE-fusion token created at layer l in traces: -l (0 is [CLS])
 
 # MPEEConfig defaults (mpee_ref/mpee/config.py); an mpee_config.json overrides them.
 MPEE_DEFAULTS: dict[str, Any] = dict(
@@ -233,7 +233,7 @@ class MPEENumpy:
         h = self.bert.embed(ids[None], tt[None])                                       # (1, T, D)
         mask = np.ones((1, T), np.int64)
         n_base = np.array([T - 1])
-        positions = list(range(T))                                                     # 0 = [CLS], -1 fused
+        positions = list(range(T))                                                     # 0 = [CLS], -l fused at l
         att_mem, cls_mem, traces, n_fused = None, None, [], []
         for l in range(1, L + 1):
             n_att = int(mask.sum())
@@ -243,7 +243,7 @@ class MPEENumpy:
                 old = positions[1:]
                 fused_pos = tuple(old[i] for i in np.flatnonzero(res.fused[0]))
                 fused_w = tuple(float(w) for w in res.alpha[0][res.fused[0]])
-                positions = [0] + [old[s] if s >= 0 else FUSED for s in res.source_index[0] if s != -2]
+                positions = [0] + [old[s] if s >= 0 else -l for s in res.source_index[0] if s != -2]
             cls_mem = eq.eq10_classifier_memory(cls_mem, self.head(l, h[:, 0]), self.lam())   # (1, C)
             ent = float(eq.exit_entropy(cls_mem)[0])
             leave = l == L or (c["layer_exit"] and bool(eq.should_exit(np.array([ent]), c["threshold"])[0]))
