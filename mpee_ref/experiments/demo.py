@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     prune = cfg.prune_layer_set(model.bert_config.num_hidden_layers)
     print(f"MPEE demo — model {folder}")
     print(f"  F = {cfg.threshold if args.threshold is None else args.threshold} nats, "
-          f"R_ee = {cfg.r_ee if args.r_ee is None else args.r_ee} ({cfg.r_ee_means}) at layers "
+          f"R_ee = {cfg.r_ee if args.r_ee is None else args.r_ee} "
+          f"({'fraction of tokens that exit' if cfg.r_ee_means == 'exit' else 'fraction kept'}) at layers "
           f"{', '.join(map(str, prune)) or 'none'}, β = {cfg.beta}, λ = {cfg.lam}, "
           f"{model.bert_config.num_hidden_layers} layers")
     for text in args.texts or EXAMPLES:
