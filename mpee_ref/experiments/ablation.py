@@ -43,7 +43,7 @@ from ..mpee import MPEEModel, load_mpee
 from ..mpee.config import ABLATIONS, MPEEConfig
 from .batching import encode_examples
 from .evaluate import evaluate_encoded
-from .options import parse_overrides
+from .options import check_cli_numbers, parse_overrides
 from .train import TrainArgs, _jsonable, train_model
 
 FORMAT = "mpee_ref-ablation-1"
@@ -228,14 +228,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The ``ablation`` command; ValueError/OSError reach ``__main__`` (one line, exit 2)."""
-    import torch
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    for flag, v in (("--batch-size", args.batch_size), ("--max-examples", args.max_examples)):
-        if v is not None and v < 1:
-            raise ValueError(f"{flag} must be >= 1, got {v}")
+    check_cli_numbers(args.threads, batch_size=args.batch_size, max_examples=args.max_examples)
     if (args.inference_only is None) == (args.model is None):
         raise ValueError("give exactly one of --model ENCODER_DIR (train one model per row) or "
                          "--inference-only MPEE_DIR")

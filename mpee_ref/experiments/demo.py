@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
+from .options import check_cli_numbers
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "weights" / "mpee-minilm-sst2"
 EXAMPLES = (
@@ -87,7 +87,7 @@ def trace_text(model, text: str, threshold: float | None, r_ee: float | None) ->
 def run(args: argparse.Namespace) -> int:
     from ..mpee import load_mpee
 
-    torch.set_num_threads(args.threads)
+    check_cli_numbers(args.threads)
     folder = Path(args.model)
     if not (folder / "mpee_config.json").exists():
         raise FileNotFoundError(f"{folder}: not an MPEE model folder (no mpee_config.json); train one with "

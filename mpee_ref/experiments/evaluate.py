@@ -26,7 +26,7 @@ from ..data import compute_metrics, get_task, read_glue
 from ..flops import authors_sample_flops, eq15_speedup, sample_flops
 from ..mpee import MPEEModel, SampleResult, load_mpee
 from .batching import EncodedDataset, collate, encode_examples
-from .options import parse_overrides
+from .options import check_cli_numbers, parse_overrides
 
 FLOPS_CONVENTIONS = ("ours", "authors", "both")
 
@@ -187,14 +187,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """The ``evaluate`` command; ValueError/OSError reach ``__main__`` (one line, exit 2)."""
     import torch
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_examples is not None and args.max_examples < 1:
-        raise ValueError(f"--max-examples must be >= 1, got {args.max_examples}")
+
+    check_cli_numbers(args.threads, batch_size=args.batch_size, max_examples=args.max_examples)
     spec = get_task(args.task)
     overrides = parse_overrides(args.set_)
     if args.threshold is not None:

@@ -17,6 +17,18 @@ MODES = ("mpee", "plain")
 #: exits, no distillation, λ = 1 (the last head's "memory" is its own logits).
 PLAIN_SWITCHES: dict[str, Any] = dict(token_exit=False, layer_exit=False, use_kd=False, classifier_memory=False)
 
+def check_cli_numbers(threads: int | None = None, **flags: int | None) -> None:
+    """Refuse non-positive integer flags (``batch_size=`` is reported as ``--batch-size``), then apply
+    ``--threads`` with ``torch.set_num_threads``."""
+    import torch
+
+    for name, value in {"threads": threads, **flags}.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 

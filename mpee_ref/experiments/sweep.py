@@ -33,6 +33,7 @@ from ..mpee import MPEEModel, load_mpee
 from . import figures
 from .batching import EncodedDataset, encode_examples
 from .evaluate import evaluate_encoded
+from .options import check_cli_numbers
 
 FORMAT = "mpee_ref-sweep-1"
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -146,14 +147,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The ``sweep`` command; ValueError/OSError reach ``__main__`` (one line, exit 2)."""
-    import torch
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    for flag, v in (("--batch-size", args.batch_size), ("--max-examples", args.max_examples)):
-        if v is not None and v < 1:
-            raise ValueError(f"{flag} must be >= 1, got {v}")
+    check_cli_numbers(args.threads, batch_size=args.batch_size, max_examples=args.max_examples)
     if (args.fig4_threshold is None) != (args.fig4_r_ee is None):
         raise ValueError("--fig4-threshold and --fig4-r-ee go together (give both or neither)")
     thresholds, r_ees = _floats(args.thresholds, "--thresholds"), _floats(args.r_ee, "--r-ee")

@@ -54,7 +54,7 @@ from ..data import get_task, read_glue
 from ..mpee import MPEEModel, load_mpee, save_mpee
 from .batching import EpochBatchSampler, collate, encode_examples
 from .evaluate import run_inference, summarize
-from .options import MODES, PRESETS, build_config, parse_overrides
+from .options import MODES, PRESETS, build_config, check_cli_numbers, parse_overrides
 
 STATE_FILE = "train_state.pt"
 STATE_FORMAT = "mpee_ref-train-state-1"
@@ -484,10 +484,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """The ``train`` command; ValueError/OSError reach ``__main__`` (one line, exit 2)."""
     try:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
+        check_cli_numbers(args.threads)
         get_task(args.task)
         targs = TrainArgs(
             task=args.task, data_dir=args.data_dir, out=args.out, model=args.model, mode=args.mode,
