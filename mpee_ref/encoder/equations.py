@@ -96,12 +96,14 @@ def embeddings(input_ids: Tensor, token_type_ids: Tensor, position_ids: Tensor,
     The paper starts from "the sequence token X" and leaves the embedding layer implicit.
 
     Args:
-        input_ids, token_type_ids, position_ids: ``(B, T)`` int64.
+        input_ids, token_type_ids: ``(B, T)`` int64.  position_ids: ``(B, T)`` or ``(1, T)``.
         word ``(V, D)``, position ``(P, D)``, token_type ``(S, D)``: embedding tables.
     Returns:
         h^0: ``(B, T, D)``.
     """
-    x = word[input_ids] + position[position_ids] + token_type[token_type_ids]   # (B, T, D)
+    # F.embedding(ids, table) is the row lookup table[ids] (index_select, cheaper than advanced indexing)
+    x = (F.embedding(input_ids, word) + F.embedding(position_ids, position)
+         + F.embedding(token_type_ids, token_type))                                # (B, T, D)
     return layer_norm(x, ln_weight, ln_bias, eps)                               # (B, T, D)
 
 

@@ -48,8 +48,8 @@ class BertEmbeddings(nn.Module):
         self.dropout_p = cfg.hidden_dropout_prob
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
-        B, T = input_ids.shape
-        position_ids = torch.arange(T, device=input_ids.device).expand(B, T)   # (B, T)
+        T = input_ids.shape[1]
+        position_ids = torch.arange(T, device=input_ids.device)[None, :]       # (1, T), broadcast over B
         h = eq.embeddings(input_ids, token_type_ids, position_ids,
                           self.word_embeddings.weight, self.position_embeddings.weight,
                           self.token_type_embeddings.weight, self.LayerNorm.weight,
