@@ -179,7 +179,8 @@ class MPEEModel(nn.Module):
         Returns (z_tilde (B, T', D), mask (B, T'), att_mem (B, T'-1) or None, PruneResult or None).
         """
         layer = self.bert.layers[l - 1]
-        z, probs = layer.attention_sublayer(h, attention_mask_bias(mask, h.dtype))   # (B, T, D), (B, H, T, T)
+        bias = None if bool(mask.bool().all()) else attention_mask_bias(mask, h.dtype)  # (B, 1, 1, T)
+        z, probs = layer.attention_sublayer(h, bias)                                 # (B, T, D), (B, H, T, T)
         if not cfg.token_exit:
             return z, mask, None, None
         a = self._token_scores(cfg, probs, mask)                                          # (B, T-1)

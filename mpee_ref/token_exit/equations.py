@@ -348,16 +348,16 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
         if n_base.shape[0] != B:
             raise ValueError(f"n_base must have shape ({B},), got {tuple(n_base.shape)}")
         m = torch.minimum(eq07_num_kept(n_base, r_ee, r_ee_means).to(n.device), n)   # (B,)
-    keep = eq07_top_m(memory if select == "top" else -memory, valid, m)        # (B, N)
-    exited = valid & ~keep                                                     # (B, N): p tokens
     p = n - m                                                                  # (B,)
     arange_n = torch.arange(N, device=hidden.device)                           # (N,)
 
-    if not bool((p > 0).any()):                                                # nothing exits
+    if not bool((p > 0).any()):                 # nothing exits (m = N everywhere): no sort needed
         return PruneResult(
             hidden=hidden, attention_mask=attention_mask, memory=memory,
             source_index=torch.where(valid, arange_n[None, :], torch.full_like(valid, -2, dtype=torch.long)),
-            kept=keep, fused=exited, alpha=torch.zeros_like(memory), num_kept=m)
+            kept=valid.clone(), fused=torch.zeros_like(valid), alpha=torch.zeros_like(memory), num_kept=m)
+    keep = eq07_top_m(memory if select == "top" else -memory, valid, m)        # (B, N)
+    exited = valid & ~keep                                                     # (B, N): p tokens
 
     # ---- α_i and h_eef (Eq. 8, first line)
     score = torch.where(exited, memory, torch.zeros_like(memory))              # (B, N)
