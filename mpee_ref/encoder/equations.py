@@ -88,6 +88,17 @@ def attention_mask_bias(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
     return ((1.0 - keep) * torch.finfo(dtype).min)[:, None, None, :]      # (B, 1, 1, T)
 
 
+def padding_bias(attention_mask: Tensor, dtype: torch.dtype) -> Tensor | None:
+    r""":func:`attention_mask_bias`, or None when no key is padded.
+
+    With no padded key the bias is all zeros; skipping it (as HF does) saves adding zeros to every
+    ``(B, H, T, T)`` score tensor (3-8% of a MiniLM forward at batch 32 x 128, tools/bench_encoder.py).
+    """
+    if bool(attention_mask.bool().all()):
+        return None
+    return attention_mask_bias(attention_mask, dtype)                     # (B, 1, 1, T)
+
+
 def embeddings(input_ids: Tensor, token_type_ids: Tensor, position_ids: Tensor,
                word: Tensor, position: Tensor, token_type: Tensor,
                ln_weight: Tensor, ln_bias: Tensor, eps: float) -> Tensor:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..config import BertConfig
 from ..encoder import BertEncoder
-from ..encoder.equations import attention_mask_bias
+from ..encoder.equations import padding_bias
 from ..flops import SampleFlops, eq15_speedup, sample_flops
 from ..layer_exit import ExitHead, eq10_classifier_memory, eq10_probabilities, exit_entropy, should_exit
 from ..losses import LossTerms, WeightedTeacher, mpee_loss
@@ -179,8 +179,7 @@ class MPEEModel(nn.Module):
         Returns (z_tilde (B, T', D), mask (B, T'), att_mem (B, T'-1) or None, PruneResult or None).
         """
         layer = self.bert.layers[l - 1]
-        bias = None if bool(mask.bool().all()) else attention_mask_bias(mask, h.dtype)  # (B, 1, 1, T)
-        z, probs = layer.attention_sublayer(h, bias)                                 # (B, T, D), (B, H, T, T)
+        z, probs = layer.attention_sublayer(h, padding_bias(mask, h.dtype))                                 # (B, T, D), (B, H, T, T)
         if not cfg.token_exit:
             return z, mask, None, None
         a = self._token_scores(cfg, probs, mask)                                          # (B, T-1)
