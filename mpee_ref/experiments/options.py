@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 
 from ..mpee.config import ABLATIONS, MPEEConfig
 
-PRESETS = ("paper", "authors")
+PRESETS = ("paper", "recipe", "authors")
 MODES = ("mpee", "plain")
 
 #: The switches that make an MPEE model the plain fine-tuning baseline: no token exits, no sample
@@ -88,8 +88,8 @@ def build_config(num_labels: int, num_layers: int, *, preset: str = "paper", abl
     if "num_labels" in overrides and overrides["num_labels"] != num_labels:
         raise ValueError(f"--set num_labels={overrides['num_labels']}: the task has {num_labels} classes")
     overrides.pop("num_labels", None)
-    cfg = (MPEEConfig.paper(num_labels) if preset == "paper"
-           else MPEEConfig.authors(num_labels, num_layers))
+    cfg = {"paper": lambda: MPEEConfig.paper(num_labels), "recipe": lambda: MPEEConfig.recipe(num_labels),
+           "authors": lambda: MPEEConfig.authors(num_labels, num_layers)}[preset]()
     for name in ablate:
         if name.lower().removeprefix("w/o ").strip() not in ABLATIONS:
             raise ValueError(f"--ablate: unknown component {name!r}; expected one of {ABLATIONS}")

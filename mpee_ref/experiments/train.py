@@ -59,7 +59,7 @@ from .options import MODES, PRESETS, build_config, check_cli_numbers, parse_over
 STATE_FILE = "train_state.pt"
 STATE_FORMAT = "mpee_ref-train-state-1"
 #: Arguments that must not change between a run and its ``--resume``.
-RESUME_KEYS = ("task", "mode", "lr", "batch_size", "epochs", "max_steps", "max_seq_length", "warmup_ratio",
+RESUME_KEYS = ("task", "mode", "lr", "head_lr_mult", "batch_size", "epochs", "max_steps", "max_seq_length", "warmup_ratio",
                "weight_decay", "max_grad_norm", "seed", "max_train_examples")
 
 
@@ -76,6 +76,7 @@ class TrainArgs:
     ablate: tuple[str, ...] = ()
     overrides: dict[str, Any] = field(default_factory=dict)
     lr: float = 2e-5
+    head_lr_mult: float = 1.0              # exit heads and teacher train at lr * head_lr_mult (docs L10)
     batch_size: int = 32                   # per process
     epochs: int = 3
     max_steps: int | None = None           # total optimiser steps (overrides epochs for the schedule)
@@ -109,6 +110,8 @@ class TrainArgs:
                 raise ValueError(f"{name} must be None or >= 1, got {v!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not self.head_lr_mult > 0:
+            raise ValueError(f"head_lr_mult must be > 0, got {self.head_lr_mult!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.model is None and not self.resume:
@@ -267,6 +270,14 @@ def _prepare_model(args: TrainArgs, num_labels: int) -> tuple[MPEEModel, dict[st
     return load_mpee(folder, seed=args.seed, **cfg.to_dict()), None, None
 
 
+def param_groups(model: MPEEModel, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
+    """Two optimiser groups: the backbone (``bert.*``) at ``lr``; the exit heads and the teacher of
+    Eq. 12 at ``lr * head_lr_mult`` (docs L10). The schedule scales both alike."""
+    heads = [p for n, p in model.named_parameters() if not n.startswith("bert.")]
+    backbone = [p for n, p in model.named_parameters() if n.startswith("bert.")]
+    return [{"params": backbone, "lr": lr}, {"params": heads, "lr": lr * head_lr_mult}]
+
+
 def _loss(out: Any, labels: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "plain":
         return F.cross_entropy(out.logits[-1], labels)          # the last layer's head only
@@ -310,8 +321,8 @@ def train_model(args: TrainArgs, command: str | None = None) -> dict[str, Any]:
         sampler = EpochBatchSampler(len(train_data), args.batch_size, args.seed, rank, world)
         total = args.max_steps or args.epochs * len(sampler)
         warmup = int(round(args.warmup_ratio * total))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
-                                      weight_decay=args.weight_decay)
+        optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.head_lr_mult), betas=(0.9, 0.999),
+                                      eps=1e-8, weight_decay=args.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, total, warmup))
         step, elapsed0 = 0, 0.0
         if state is not None:
@@ -466,7 +477,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_",
                    help="any MPEEConfig field (repeatable)")
     d = TrainArgs(task="", data_dir="", out="", model="")
-    for flag, typ in (("lr", float), ("batch-size", int), ("epochs", int), ("max-steps", int),
+    for flag, typ in (("lr", float), ("head-lr-mult", float), ("batch-size", int), ("epochs", int), ("max-steps", int),
                       ("max-seq-length", int), ("warmup-ratio", float), ("weight-decay", float),
                       ("max-grad-norm", float), ("seed", int), ("max-train-examples", int),
                       ("max-eval-examples", int), ("eval-every", int), ("eval-batch-size", int),
@@ -489,6 +500,7 @@ def run(args: argparse.Namespace) -> int:
         targs = TrainArgs(
             task=args.task, data_dir=args.data_dir, out=args.out, model=args.model, mode=args.mode,
             preset=args.preset, ablate=tuple(args.ablate), overrides=parse_overrides(args.set_), lr=args.lr,
+            head_lr_mult=args.head_lr_mult,
             batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
             max_seq_length=args.max_seq_length, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
             max_grad_norm=args.max_grad_norm, seed=args.seed, max_train_examples=args.max_train_examples,

@@ -100,6 +100,48 @@ def eq09_pooled_exit_logits(h_cls: Tensor, w_pool: Tensor, b_pool: Tensor, w_cls
     return F.linear(pooled, w_cls, b_cls)                                  # (B, C)
 
 
+# ----------------------------------------------------------------------------- Eq. (9) input, recipe switch
+def standardise_cls(h_cls: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
+    r"""Per-feature standardisation of :math:`h_{[\text{CLS}]}^l` before the exit head (``head_norm``).
+
+    .. math:: \bar h = (h_{[\text{CLS}]}^l - \mu^l) \oslash \sqrt{\sigma^{2,l} + \epsilon}
+
+    with :math:`\mu^l, \sigma^{2,l} \in \mathbb{R}^d` the per-feature mean and variance of the
+    [CLS] vectors of layer l (batch statistics while training, running averages at inference,
+    i.e. ``BatchNorm1d(d, affine=False)``).
+
+    Args:
+        h_cls: ``(B, D)``.  mean, var: ``(D,)``.  eps: added to the variance.
+    Returns:
+        ``(B, D)`` standardised [CLS] vectors.
+
+    Deviation (L10, switch ``head_norm``, off in the paper and authors' presets): the paper feeds :math:`h_{[\text{CLS}]}^l`
+    to Eq. (9) directly. On backbones whose shallow [CLS] vector barely varies across inputs (MiniLM-L6:
+    cosine ~1.0000 between sentences, per-feature spread ~1e-3 beside outlier features of magnitude ~8)
+    a head on the raw vector stays constant. At inference this map is affine and folds into the head's
+    first weight (:func:`fold_standardisation`), so the deployed head is Eq. (9) exactly.
+    """
+    return (h_cls - mean) / torch.sqrt(var + eps)                           # (B, D)
+
+
+def fold_standardisation(weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor,
+                         eps: float) -> tuple[Tensor, Tensor]:
+    r"""Fold :func:`standardise_cls` into the affine map that follows it.
+
+    .. math:: W \bar h + b = W' h + b', \qquad W' = W \,\mathrm{diag}(1/\sqrt{\sigma^2 + \epsilon}),
+              \quad b' = b - W' \mu
+
+    Args:
+        weight: ``(O, D)``, bias: ``(O,)`` the affine map applied to :math:`\bar h` (the pooler's
+            :math:`W_p, b_p` for ``head="pooler"``, :math:`W_z, b_z` for ``head="tanh"``).
+        mean, var: ``(D,)``.  eps: as in :func:`standardise_cls`.
+    Returns:
+        ``(W', b')`` with the shapes of ``(weight, bias)``.
+    """
+    w = weight / torch.sqrt(var + eps)[None, :]                             # (O, D)
+    return w, bias - w @ mean                                               # (O, D), (O,)
+
+
 # ----------------------------------------------------------------------------- Eq. (10)
 def eq10_classifier_memory(prev: Tensor | None, logits: Tensor, lam: float) -> Tensor:
     r"""Eq. (10), §3.2: recycling EE classifier memory, kept on the logits.

@@ -47,7 +47,7 @@ def load_mpee(folder: str | Path, seed: int = 0, **config_overrides: Any) -> MPE
     cfg_path = folder / MPEE_CONFIG
     if cfg_path.exists():
         base = MPEEConfig.from_json_file(cfg_path)
-        for key in ("num_labels", "head"):
+        for key in ("num_labels", "head", "head_norm"):
             if key in config_overrides and config_overrides[key] != getattr(base, key):
                 raise ValueError(f"{cfg_path}: {key} is {getattr(base, key)!r} in the trained model; "
                                  f"it cannot be overridden")

@@ -1,12 +1,14 @@
 r"""MPEE hyper-parameters: one typed, frozen config, every field tagged with its paper symbol.
 
-Two presets:
+Three presets:
 
 * :meth:`MPEEConfig.paper` (the default constructor): the paper's equations as printed, with our
   resolution of each ambiguity (docs/INTERPRETATION.md says why).
 * :meth:`MPEEConfig.authors`: the settings of the authors' public code (docs/OFFICIAL_CODE facts):
   keep 70% at layers 4/7/10 (scaled to depth), raw attention until the first pruning layer,
   fused-token memory = mean, KL(teacher‖student) with element-wise mean, γ = 0.1, τ = 3.
+* :meth:`MPEEConfig.recipe`: the paper preset with the exit-head recipe that makes shallow heads
+  learn on badly conditioned backbones (``head_norm``; a deviation, docs L10).
 
 The paper's six ablations (Table 2) and Table 3's token score are switches: see :meth:`without`.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ABLATIONS = ("att-memory", "ee-fusion", "ee-memory", "wsd", "layer-ee", "token-ee")
+HEAD_INITS = ("pooler", "fresh")
 
 
 def scale_layers(layers_of_12: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
@@ -64,6 +67,8 @@ class MPEEConfig:
     classifier_memory: bool = True          # "EE-memory" (Table 2); False means λ = 1
     head: str = "pooler"                    # Eq. 9: "pooler" W_c tanh(W_p h + b_p) + b_c, or literal "tanh"
     classifier_dropout: float = 0.1         # dropout before the exit classifier (training only)
+    head_norm: bool = False                 # recipe (L10): standardise h_CLS per feature before each head
+    head_init: str = "pooler"               # "pooler": copy the backbone pooler into pooler heads (authors); "fresh"
 
     # -- training objective, Eqs. (11)-(14) ------------------------------------------------------
     use_kd: bool = True                     # "WSD" (Table 2): weighted self-distillation, Eqs. 12-13
@@ -100,6 +105,7 @@ class MPEEConfig:
         check(self.threshold >= 0.0, f"threshold (F) must be >= 0, got {self.threshold!r}")
         check(0.0 < self.lam <= 1.0, f"lam (λ, Eq. 10) must be in (0, 1], got {self.lam!r}")
         check(self.head in ("pooler", "tanh"), f"head must be 'pooler' or 'tanh', got {self.head!r}")
+        check(self.head_init in HEAD_INITS, f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         check(0.0 <= self.classifier_dropout < 1.0, f"classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}")
         check(self.tau > 0.0, f"tau (τ, Eq. 13) must be > 0, got {self.tau!r}")
         check(self.kd_direction in ("student_teacher", "teacher_student"),
@@ -113,6 +119,15 @@ class MPEEConfig:
     def paper(cls, num_labels: int = 2, **overrides: Any) -> "MPEEConfig":
         """The paper's equations with our documented reading (same as ``MPEEConfig(...)``)."""
         return cls(num_labels=num_labels, **overrides)
+
+    @classmethod
+    def recipe(cls, num_labels: int = 2, **overrides: Any) -> "MPEEConfig":
+        """The paper preset plus mpee_ref's exit-head recipe (docs L10): ``head_norm=True``.
+
+        Train it with ``--head-lr-mult 20`` (exit heads and teacher at 20x the backbone's lr).
+        The standardisation folds into Eq. (9)'s weights after training (``MPEEModel.fold_head_norms``).
+        """
+        return cls(num_labels=num_labels, **{"head_norm": True, **overrides})
 
     @classmethod
     def authors(cls, num_labels: int = 2, num_layers: int = 12, **overrides: Any) -> "MPEEConfig":

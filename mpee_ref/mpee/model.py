@@ -24,6 +24,7 @@ Two entry points:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -153,16 +154,32 @@ class MPEEModel(nn.Module):
         self.bert = BertEncoder(bert_config)
         self.exits = nn.ModuleList(
             ExitHead(bert_config.hidden_size, mpee_config.num_labels, mpee_config.head,
-                     mpee_config.classifier_dropout)
+                     mpee_config.classifier_dropout, norm=mpee_config.head_norm)
             for _ in range(bert_config.num_hidden_layers))
         self.teacher = WeightedTeacher(mpee_config.num_labels)
         self.tokenizer: Any = None                                      # set by load_mpee
 
     def init_heads_from_pooler(self) -> None:
-        """Copy the backbone's pretrained pooler into every pooler head (as the authors do)."""
-        if self.mpee_config.head == "pooler":
-            for head in self.exits:
-                head.init_from_pooler(self.bert.pooler.dense.weight, self.bert.pooler.dense.bias)
+        """Copy the backbone's pretrained pooler into every pooler head (as the authors do), when
+        ``head_init="pooler"``; warn when that pooler looks untrained (all-zero bias)."""
+        if self.mpee_config.head != "pooler" or self.mpee_config.head_init != "pooler":
+            return
+        pooler = self.bert.pooler.dense
+        if not bool(pooler.bias.any()):
+            warnings.warn("the backbone's pooler looks untrained (its bias is all zero, weight std "
+                          f"{float(pooler.weight.std()):.3g}): copying it into the exit heads gives them no "
+                          "head start; consider head_init='fresh' and the exit-head recipe "
+                          "(MPEEConfig.recipe, docs L10)", stacklevel=2)
+        for head in self.exits:
+            head.init_from_pooler(pooler.weight, pooler.bias)
+
+    def fold_head_norms(self) -> "MPEEModel":
+        """Fold each exit head's standardisation (``head_norm``, docs L10) into its first weight, in
+        place, and set ``head_norm=False``: eval-mode outputs are unchanged and every head is Eq. (9)."""
+        if self.mpee_config.head_norm:
+            self.exits = nn.ModuleList(head.folded() for head in self.exits)
+            self.mpee_config = replace(self.mpee_config, head_norm=False)
+        return self
 
     # ------------------------------------------------------------------ shared per-layer pieces
     @staticmethod
@@ -205,9 +222,16 @@ class MPEEModel(nn.Module):
 
     # ------------------------------------------------------------------ training forward
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, labels: Tensor | None = None) -> TrainOutput:
-        """All L layers for every sample, token pruning active; Eqs. 11-14 when ``labels`` is given."""
-        cfg, L = self.mpee_config, self.bert_config.num_hidden_layers
+                token_type_ids: Tensor | None = None, labels: Tensor | None = None, *,
+                config: MPEEConfig | None = None) -> TrainOutput:
+        """All L layers for every sample, token pruning active; Eqs. 11-14 when ``labels`` is given.
+
+        ``config`` replaces :attr:`mpee_config` for this call (e.g. ``token_exit=False`` for the
+        per-layer diagnostic); ``num_labels``, ``head`` and ``head_norm`` must match the trained heads."""
+        cfg, L = config or self.mpee_config, self.bert_config.num_hidden_layers
+        for key in ("num_labels", "head", "head_norm"):
+            if getattr(cfg, key) != getattr(self.mpee_config, key):
+                raise ValueError(f"config.{key} must match the model's ({getattr(self.mpee_config, key)!r})")
         input_ids, mask, token_type_ids = self._check(input_ids, attention_mask, token_type_ids)
         prune_at = cfg.prune_layer_set(L)
         n_base = mask.sum(1) - 1                                                     # (B,) non-CLS tokens
@@ -257,7 +281,7 @@ class MPEEModel(nn.Module):
             overrides["threshold"] = threshold
         if r_ee is not None:
             overrides["r_ee"] = r_ee
-        for key in ("num_labels", "head"):
+        for key in ("num_labels", "head", "head_norm"):
             if key in overrides and overrides[key] != getattr(self.mpee_config, key):
                 raise ValueError(f"{key} is fixed by the trained heads; it cannot be overridden at inference")
         cfg = replace(self.mpee_config, **overrides) if overrides else self.mpee_config
