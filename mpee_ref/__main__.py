@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "mpee_ref.experiments.demo",  # demo
     "mpee_ref.experiments.sweep",  # sweep (Figs. 1, 3, 4, 5)
     "mpee_ref.experiments.ablation",  # ablation (Tables 2, 3)
+    "mpee_ref.experiments.diagnose",  # diagnose (per-layer exit-head health)
 ]
 
 
