@@ -169,3 +169,23 @@ def test_head_init_pooler_copies_and_warns_fresh_does_not(tmp_path):
         fresh = load_mpee(enc, head_init="fresh")
     assert not torch.equal(fresh.exits[0].pooler.dense.weight, fresh.bert.pooler.dense.weight)
     assert 0.015 < float(fresh.exits[0].pooler.dense.weight.std()) < 0.025         # normal(0, 0.02)
+
+
+def test_two_stage_training_freezes_the_backbone_and_adds_standardisers(tmp_path):
+    from test_train import make_tiny_encoder, make_tiny_sst2
+    from mpee_ref.experiments import TrainArgs, train_model
+    from safetensors.torch import load_file
+
+    enc, data = make_tiny_encoder(tmp_path / "enc"), make_tiny_sst2(tmp_path / "data")
+    common = dict(task="sst-2", data_dir=str(data), batch_size=4, lr=1e-3, warmup_ratio=0.0,
+                  max_train_examples=8, max_eval_examples=4, progress=False, deterministic=False, max_steps=2)
+    with pytest.warns(UserWarning):
+        train_model(TrainArgs(out=str(tmp_path / "plain"), model=str(enc), mode="plain", **common))
+    stage1 = load_file(str(tmp_path / "plain" / "final" / "model.safetensors"))
+    train_model(TrainArgs(out=str(tmp_path / "heads"), model=str(tmp_path / "plain" / "final"), preset="recipe",
+                          freeze_backbone=True, head_lr_mult=2.0, **common))
+    stage2 = load_file(str(tmp_path / "heads" / "final" / "model.safetensors"))
+    assert all(torch.equal(stage2[k], v) for k, v in stage1.items() if k.startswith("bert."))
+    assert not torch.equal(stage2["exits.0.classifier.weight"], stage1["exits.0.classifier.weight"])
+    assert float(stage2["exits.0.norm.running_var"].sub(1).abs().max()) > 0      # statistics were gathered
+    assert load_mpee(tmp_path / "heads" / "final").mpee_config.head_norm

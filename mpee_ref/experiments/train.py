@@ -59,7 +59,7 @@ from .options import MODES, PRESETS, build_config, check_cli_numbers, parse_over
 STATE_FILE = "train_state.pt"
 STATE_FORMAT = "mpee_ref-train-state-1"
 #: Arguments that must not change between a run and its ``--resume``.
-RESUME_KEYS = ("task", "mode", "lr", "head_lr_mult", "batch_size", "epochs", "max_steps", "max_seq_length", "warmup_ratio",
+RESUME_KEYS = ("task", "mode", "lr", "head_lr_mult", "freeze_backbone", "batch_size", "epochs", "max_steps", "max_seq_length", "warmup_ratio",
                "weight_decay", "max_grad_norm", "seed", "max_train_examples")
 
 
@@ -77,6 +77,7 @@ class TrainArgs:
     overrides: dict[str, Any] = field(default_factory=dict)
     lr: float = 2e-5
     head_lr_mult: float = 1.0              # exit heads and teacher train at lr * head_lr_mult (docs L10)
+    freeze_backbone: bool = False          # train only the exit heads and teacher (two-stage, docs L10)
     batch_size: int = 32                   # per process
     epochs: int = 3
     max_steps: int | None = None           # total optimiser steps (overrides epochs for the schedule)
@@ -270,11 +271,17 @@ def _prepare_model(args: TrainArgs, num_labels: int) -> tuple[MPEEModel, dict[st
     return load_mpee(folder, seed=args.seed, **cfg.to_dict()), None, None
 
 
-def param_groups(model: MPEEModel, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
-    """Two optimiser groups: the backbone (``bert.*``) at ``lr``; the exit heads and the teacher of
-    Eq. 12 at ``lr * head_lr_mult`` (docs L10). The schedule scales both alike."""
+def param_groups(model: MPEEModel, lr: float, head_lr_mult: float,
+                 freeze_backbone: bool = False) -> list[dict[str, Any]]:
+    """Optimiser groups: the backbone (``bert.*``) at ``lr``; the exit heads and the teacher of Eq. 12
+    at ``lr * head_lr_mult`` (docs L10). The schedule scales both alike. ``freeze_backbone`` leaves the
+    backbone out (and sets its ``requires_grad`` to False): the second stage of two-stage training."""
     heads = [p for n, p in model.named_parameters() if not n.startswith("bert.")]
     backbone = [p for n, p in model.named_parameters() if n.startswith("bert.")]
+    if freeze_backbone:
+        for p in backbone:
+            p.requires_grad_(False)
+        return [{"params": heads, "lr": lr * head_lr_mult}]
     return [{"params": backbone, "lr": lr}, {"params": heads, "lr": lr * head_lr_mult}]
 
 
@@ -321,7 +328,8 @@ def train_model(args: TrainArgs, command: str | None = None) -> dict[str, Any]:
         sampler = EpochBatchSampler(len(train_data), args.batch_size, args.seed, rank, world)
         total = args.max_steps or args.epochs * len(sampler)
         warmup = int(round(args.warmup_ratio * total))
-        optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.head_lr_mult), betas=(0.9, 0.999),
+        optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.head_lr_mult, args.freeze_backbone),
+                                      betas=(0.9, 0.999),
                                       eps=1e-8, weight_decay=args.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, total, warmup))
         step, elapsed0 = 0, 0.0
@@ -483,6 +491,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                       ("max-eval-examples", int), ("eval-every", int), ("eval-batch-size", int),
                       ("save-every", int), ("log-every", int), ("stop-after-steps", int)):
         p.add_argument(f"--{flag}", type=typ, default=getattr(d, flag.replace("-", "_")))
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the exit heads and the teacher (the second stage of two-stage training: "
+                        "--model is then a fine-tuned model, e.g. a plain run's final/)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-deterministic", action="store_true",
@@ -500,7 +511,7 @@ def run(args: argparse.Namespace) -> int:
         targs = TrainArgs(
             task=args.task, data_dir=args.data_dir, out=args.out, model=args.model, mode=args.mode,
             preset=args.preset, ablate=tuple(args.ablate), overrides=parse_overrides(args.set_), lr=args.lr,
-            head_lr_mult=args.head_lr_mult,
+            head_lr_mult=args.head_lr_mult, freeze_backbone=args.freeze_backbone,
             batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
             max_seq_length=args.max_seq_length, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
             max_grad_norm=args.max_grad_norm, seed=args.seed, max_train_examples=args.max_train_examples,

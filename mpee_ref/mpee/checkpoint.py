@@ -38,7 +38,9 @@ def load_mpee(folder: str | Path, seed: int = 0, **config_overrides: Any) -> MPE
         folder: an MPEE folder written by :func:`save_mpee`, or any converted encoder folder.
         seed: seeds the initialisation of untrained heads (encoder folders only).
         config_overrides: :class:`MPEEConfig` fields (e.g. ``threshold=0.2, r_ee=0.4``); for an
-            encoder folder ``num_labels`` sets the number of classes (default 2).
+            encoder folder ``num_labels`` sets the number of classes (default 2). ``num_labels``,
+            ``head`` and ``head_norm`` of a trained model are fixed, except that ``head_norm=True`` may
+            be added to a model trained without it (fresh standardisers: two-stage training, docs L10).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -49,9 +51,12 @@ def load_mpee(folder: str | Path, seed: int = 0, **config_overrides: Any) -> MPE
         base = MPEEConfig.from_json_file(cfg_path)
         for key in ("num_labels", "head", "head_norm"):
             if key in config_overrides and config_overrides[key] != getattr(base, key):
+                if key == "head_norm" and config_overrides[key]:
+                    continue             # adding standardisers to a trained model: they start at mean 0, var 1
                 raise ValueError(f"{cfg_path}: {key} is {getattr(base, key)!r} in the trained model; "
                                  f"it cannot be overridden")
         mpee_config = replace(base, **config_overrides)
+        new_norms = mpee_config.head_norm and not base.head_norm
         model = MPEEModel(bert_config, mpee_config)
         path = folder / "model.safetensors"
         try:
@@ -61,7 +66,7 @@ def load_mpee(folder: str | Path, seed: int = 0, **config_overrides: Any) -> MPE
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
         expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
+        missing = sorted(k for k in set(expected) - set(state) if not (new_norms and ".norm.running_" in k))
         unexpected = sorted(set(state) - set(expected))
         shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
@@ -69,7 +74,7 @@ def load_mpee(folder: str | Path, seed: int = 0, **config_overrides: Any) -> MPE
             raise ValueError(f"{path}: does not match the MPEE model; missing {missing[:10]}"
                              f"{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}, "
                              f"mis-shaped {shapes[:10]}")
-        model.load_state_dict({k: v.float() for k, v in state.items()})
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=not new_norms)
     else:
         mpee_config = MPEEConfig(**config_overrides)
         with torch.random.fork_rng(devices=[]):
