@@ -261,7 +261,7 @@ def c_eq10(t, a):
     ent = exit_entropy(mem)
     return {"memory": mem, "memory_first": eq10_classifier_memory(None, t["logits"], a["lam"]),
             "probabilities": eq10_probabilities(mem), "entropy": ent, "exit": should_exit(ent, a["threshold"]),
-            "entropy_large": exit_entropy(t["logits_large"])}
+            "entropy_large": exit_entropy(t["logits_large"]), "probabilities_large": eq10_probabilities(t["logits_large"])}
 
 
 def c_eq11(t, a):
@@ -533,7 +533,7 @@ def build_equations(v: Vectors) -> None:
     run_entry(v, e)
 
     e = "eq06_attention_memory"
-    v.entry(e, "6", "mpee_ref.token_exit.eq06_attention_memory", beta=0.5)
+    v.entry(e, "6", "mpee_ref.token_exit.eq06_attention_memory", beta=0.25)   # not 0.5: a swapped beta shows
     v.sin(e, "prev", (B, T - 1), scale=0.1, offset=0.15)
     v.copy(e, "a_class", "eq05_class_attention/a_class")
     run_entry(v, e)
@@ -829,7 +829,7 @@ def generate(out_dir: str | Path, revision: str | None = None,
         "tolerance_rule": "|port - golden| <= atol + rtol * |golden| elementwise, with the entry's (rtol, atol) "
                           "for the port's precision (null: not checked in that precision); int64 and bool "
                           "tensors must be equal; where a float golden is finfo(float64).min (padding in "
-                          "mask_bias / scores) the port may hold any value <= -1e4 and the slot is not compared; "
+                          "mask_bias / scores) the port may hold any value <= -1000 and the slot is not compared; "
                           "a tensor with 'valid' is compared only where that mask (minus its first valid_offset "
                           "columns) is 1",
         "conventions": {

@@ -67,7 +67,8 @@ def build(npr: Any) -> dict[str, Callable[[dict, dict], dict]]:
         ent = npr.exit_entropy(mem)
         return {"memory": mem, "memory_first": npr.eq10_classifier_memory(None, t["logits"], a["lam"]),
                 "probabilities": npr.eq10_probabilities(mem), "entropy": ent,
-                "exit": npr.should_exit(ent, a["threshold"]), "entropy_large": npr.exit_entropy(t["logits_large"])}
+                "exit": npr.should_exit(ent, a["threshold"]), "entropy_large": npr.exit_entropy(t["logits_large"]),
+                "probabilities_large": npr.eq10_probabilities(t["logits_large"])}
 
     def teacher(t, a):
         tch, eta = npr.eq12_teacher(t["memories"], t["w_eta"], t["b_eta"], t["v"])

@@ -25,7 +25,7 @@ _LAYER = {
     "ln2_w": (["D"], "gamma of LayerNorm after the FFN (output.LayerNorm)"), "ln2_b": (["D"], "beta of that LayerNorm"),
 }
 _MASK = (["B", "T"], "1 = real token, 0 = padding (right-padded)")
-_MASK_BIAS = "additive key mask: 0 at real keys, finfo(float64).min at padded keys (any value <= -1e4 passes)"
+_MASK_BIAS = "additive key mask: 0 at real keys, finfo(float64).min at padded keys (any value <= -1000 passes)"
 _PRUNE = {
     "hidden": (["B", "T", "D"], "Z~ of a layer: the tokens before pruning"),
     "attention_mask": _MASK,
@@ -168,6 +168,7 @@ DEFINITIONS: dict[str, dict[str, Def]] = {
         "probabilities": (["B", "C"], "softmax(memory)"), "entropy": (["B"], "natural-log entropy of softmax(memory)"),
         "exit": (["B"], "entropy < threshold (strict)"),
         "entropy_large": (["B"], "entropy of softmax(logits_large) computed by log-softmax: finite, ~0"),
+        "probabilities_large": (["B", "C"], "softmax(logits_large): subtract the row max before exp"),
     },
     "eq11_cross_entropy": {"memories": (["L", "B", "C"], "C_zm^l"), "labels": (["B"], "class labels"),
                            "ce": (["L"], "-log softmax(C_zm^l)[label], mean over B")},
