@@ -35,9 +35,10 @@ from .flops import sample_flops
 MPEE_DEFAULTS: dict[str, Any] = dict(
     num_labels=2, token_exit=True, r_ee=0.3, r_ee_means="exit", prune_layers=None, ratio_base="current",
     beta=0.5, beta_warmup_layers=0, attention_memory=True, token_score="class", fusion="memory",
-    fused_memory="sum", token_select="top", layer_exit=True, threshold=0.3, lam=0.9, classifier_memory=True, head="pooler",
-    classifier_dropout=0.1, use_kd=True, tau=3.0, kd_direction="student_teacher", kd_reduction="batchmean",
-    detach_teacher_inputs=True, detach_teacher_in_kd=False, gamma=None)
+    fused_memory="sum", token_select="top", layer_exit=True, threshold=0.3, lam=0.9, classifier_memory=True,
+    head="pooler", classifier_dropout=0.1, head_norm=False, head_init="pooler", use_kd=True, tau=3.0,
+    kd_direction="student_teacher", kd_reduction="batchmean", detach_teacher_inputs=True,
+    detach_teacher_in_kd=False, gamma=None)
 
 
 def scale_layers(layers_of_12: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
@@ -175,6 +176,9 @@ class MPEENumpy:
         if unknown:
             raise ValueError(f"mpee_config: unknown keys {unknown}")
         self.cfg = {**MPEE_DEFAULTS, **mpee_config}
+        if self.cfg["head_norm"]:
+            raise ValueError("mpee_config: head_norm=True is not ported; fold the standardisation into the heads "
+                             "first (mpee_ref.layer_exit.ExitHead.folded) and save with head_norm=False")
         self.bert = BertNumpy(bert_config, state, prefix="bert.", dtype=dtype)
         self.dtype = self.bert.dtype
         L, f = self.bert.num_layers, (lambda k: np.asarray(state[k], dtype=self.dtype))
