@@ -1,22 +1,26 @@
-r"""Write the golden vectors: ``python tools/make_vectors.py [--out tests/vectors]``.
+r"""Write the golden vectors: ``python tools/make_vectors.py [--out tests/vectors] [--weights weights/minilm-l6]``.
 
-Output: ``vectors.safetensors`` (every tensor, key ``<entry>/<name>``) and ``manifest.json``: the format
-version, the generator's git revision, and per entry its equation, the mpee_ref function it exercises,
-scalar arguments, tolerances and the role of each tensor (input / param / output / intermediate).
-Inputs and parameters come from closed-form formulas over the flattened (C-order) index i, never from a
-framework RNG; each one's formula and constants are in the manifest so another framework can rebuild it:
+Output: ``vectors.safetensors`` (every stored tensor, key ``<entry>/<name>``) and ``manifest.json`` (format 2):
+the generator's git revision and, per entry, its equation, the mpee_ref function it exercises, every setting
+(``attributes``), tolerances, and per tensor its role, shape, dtype, named axes and a one-line definition
+(mpee_ref/vectors/definitions.py). Inputs and parameters come from closed-form formulas over the flattened
+(C-order) index i, never from a framework RNG; each one's formula and constants are in the manifest:
 
     sin       x[i] = offset + scale * sin(phase + freq*i + curv*i*i)             (float64)
     floor_sin x[i] = floor(levels * sin(phase + freq*i)) / levels              (float64, has ties)
     int_mod   x[i] = low + (mult*i + add) % modulus                            (int64)
     literal   the values are in the manifest                                   (small ints / masks)
-    from      a copy of another entry's tensor (``source``)
+    from      the same values as another entry's tensor (``source``; stored once)
+    external  a tensor of weights/minilm-l6/model.safetensors (not stored)
 
 Equation-level entries are float64 on tiny shapes with pairwise-distinct sizes (B 2, T 7, D 32, H 4,
 dh 8, F 37, C 3, L 5). ``e2e_infer`` runs :meth:`MPEEModel.infer` on a tiny float64 MPEE model (V 99,
-D 32, H 4, F 37, L 3, C 5, B 6, T 11) whose threshold is chosen so one sample exits early and one prunes
-at two layers; ``e2e_loss`` evaluates the training loss (Eqs. 11-14) and a few gradients.
-The same revision of the code regenerates the same bytes (tests/test_vectors.py checks it).
+D 32, H 4, F 37, L 3, C 5, B 6, T 11) whose threshold is chosen so samples exit at different layers and
+some prune at two layers; ``e2e_padded`` is the same batch as one padded batch through every layer;
+``e2e_infer_ceil`` uses R_ee = 0.7 where a float ceil and the original-length ratio base change the kept
+counts; ``e2e_loss`` evaluates the training loss (Eqs. 11-14) and a few gradients; ``e2e_real`` runs
+MiniLM-L6 (needs ``python -m mpee_ref fetch-weights``) on two sentences. The same revision of the code
+regenerates the same bytes (tests/test_vectors.py checks it; reductions run on one thread).
 """
 
 from __future__ import annotations
@@ -44,13 +48,22 @@ from mpee_ref.layer_exit import (eq09_exit_logits, eq09_pooled_exit_logits, eq10
 from mpee_ref.losses import eq11_cross_entropy, eq12_teacher, eq13_kd_loss, eq14_total_loss  # noqa: E402
 from mpee_ref.token_exit import (eq05_class_attention, eq06_attention_memory, eq07_num_kept,  # noqa: E402
                                  eq07_top_m, eq08_fuse, prune_tokens)
+from mpee_ref.vectors.definitions import describe  # noqa: E402
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                                        # 2: definitions, axes, from/external, settings
 # rtol/atol per port precision; "exact" for integer/bool tensors and FLOP counts.
 TOLERANCES = {
     "eq": {"float64": {"rtol": 1e-10, "atol": 1e-12}, "float32": {"rtol": 1e-4, "atol": 1e-5}},
     "e2e": {"float64": {"rtol": 1e-9, "atol": 1e-10}, "float32": {"rtol": 1e-3, "atol": 2e-4}},
     "exact": {"float64": {"rtol": 0.0, "atol": 0.0}, "float32": {"rtol": 0.0, "atol": 0.0}},
+    # mean-100 LayerNorm: casting the input to float32 alone moves outputs by ~1e-5; a correct two-pass
+    # LayerNorm with a sequential sum (XLA) reaches 1.3x the "eq" pair, 0.37x this one; one-pass fails by ~20x
+    "ln": {"float64": {"rtol": 1e-10, "atol": 1e-12}, "float32": {"rtol": 1e-4, "atol": 5e-5}},
+    # mean-1e4 LayerNorm: float32 keeps only ~3 digits of the input's spread (ulp 1e-3 at 1e4), so fp64 only
+    "fp64_only": {"float64": {"rtol": 1e-10, "atol": 1e-10}, "float32": None,
+                  "note": "inputs of magnitude 1e4 keep only ~3 digits of their spread in float32"},
+    # real weights: goldens computed in float64 and stored as float32 (rounding 6e-8 relative)
+    "real": {"float64": {"rtol": 1e-5, "atol": 1e-5}, "float32": {"rtol": 1e-4, "atol": 5e-5}},
 }
 LAYER_KEYS = ("w_q", "b_q", "w_k", "b_k", "w_v", "b_v", "w_o", "b_o", "ln1_w", "ln1_b",
               "w_1", "b_1", "w_2", "b_2", "ln2_w", "ln2_b")
@@ -82,7 +95,8 @@ class Vectors:
     """Collects tensors (``<entry>/<name>``) and the manifest while the entries are built."""
 
     def __init__(self) -> None:
-        self.tensors: dict[str, np.ndarray] = {}
+        self.tensors: dict[str, np.ndarray] = {}           # every tensor, as the compute functions see it
+        self.unstored: set[str] = set()                      # ``from`` / ``external`` keys: not written
         self.entries: dict[str, dict[str, Any]] = {}
         self._seed = 0
 
@@ -92,19 +106,24 @@ class Vectors:
         self.entries[name] = e
         return e
 
-    def _put(self, entry: str, name: str, role: str, value: Any, spec: dict[str, Any]) -> torch.Tensor:
+    def _put(self, entry: str, name: str, role: str, value: Any, spec: dict[str, Any],
+             float_dtype: str = "float64") -> torch.Tensor:
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu().numpy()
         arr = np.array(value, order="C")                                     # keeps 0-d scalars 0-d
         if arr.dtype.kind == "f":
-            arr = arr.astype(np.float64)
+            arr = arr.astype(float_dtype)
         elif arr.dtype.kind in "iu":
             arr = arr.astype(np.int64)
         key = f"{entry}/{name}"
         assert key not in self.tensors, key
         self.tensors[key] = arr
+        axes, definition = describe(entry, name)
+        if name.startswith(("param/", "grad/")):
+            axes = (["index", "D"] if "embeddings" in name and arr.ndim == 2 else ["out", "in"])[:arr.ndim]
+        assert len(axes) == arr.ndim or "L_b" in axes, (key, axes, arr.shape)
         self.entries[entry]["tensors"][name] = {"role": role, "shape": list(arr.shape), "dtype": str(arr.dtype),
-                                                **spec}
+                                                "axes": axes, "definition": definition, **spec}
         return torch.from_numpy(arr.copy())
 
     def sin(self, entry: str, name: str, shape: tuple[int, ...], scale: float = 1.0, offset: float = 0.0,
@@ -126,11 +145,23 @@ class Vectors:
         return self._put(entry, name, role, arr, {"formula": "literal", "params": {"values": arr.tolist()}})
 
     def copy(self, entry: str, name: str, source: str, role: str = "input") -> torch.Tensor:
-        return self._put(entry, name, role, self.tensors[source], {"formula": "from", "source": source})
+        """A ``from`` tensor: the same values as ``source`` (another entry's tensor); not stored twice."""
+        while self.entries[source.split("/")[0]]["tensors"][source.split("/", 1)[1]].get("formula") == "from":
+            source = self.entries[source.split("/")[0]]["tensors"][source.split("/", 1)[1]]["source"]
+        t = self._put(entry, name, role, self.tensors[source], {"formula": "from", "source": source})
+        self.unstored.add(f"{entry}/{name}")
+        return t
 
-    def out(self, entry: str, values: dict[str, Any], role: str = "output") -> None:
+    def external(self, entry: str, name: str, value: np.ndarray, source: str) -> torch.Tensor:
+        """A param read from the real checkpoint (``weights/minilm-l6/model.safetensors``); not stored."""
+        t = self._put(entry, name, "param", value, {"formula": "external", "source": source},
+                      float_dtype=str(value.dtype))
+        self.unstored.add(f"{entry}/{name}")
+        return t
+
+    def out(self, entry: str, values: dict[str, Any], role: str = "output", float_dtype: str = "float64") -> None:
         for name, v in values.items():
-            self._put(entry, name, role, v, {"formula": None})
+            self._put(entry, name, role, v, {"formula": None}, float_dtype)
 
 
 def mask_values() -> list[list[int]]:
@@ -163,7 +194,7 @@ def c_gelu(t, a):
 
 def c_eq01(t, a):
     p = {k: t[k] for k in LAYER_KEYS}
-    bias = enc.attention_mask_bias(t["attention_mask"], torch.float64)
+    bias = enc.attention_mask_bias(t["attention_mask"], t["h"].dtype)
     z_tilde, probs = enc.eq01_attention_sublayer(t["h"], p, a["num_heads"], a["eps"], bias)
     attn, _ = enc.eq02_mhsa(t["h"], *(p[k] for k in LAYER_KEYS[:8]), a["num_heads"], bias)
     ffn = enc.eq04_ffn(z_tilde, p["w_1"], p["b_1"], p["w_2"], p["b_2"])
@@ -173,7 +204,7 @@ def c_eq01(t, a):
 
 def c_eq02(t, a):
     names = LAYER_KEYS[:8]
-    bias = enc.attention_mask_bias(t["attention_mask"], torch.float64)
+    bias = enc.attention_mask_bias(t["attention_mask"], t["z"].dtype)
     out, probs = enc.eq02_mhsa(t["z"], *(t[k] for k in names), a["num_heads"], bias)
     Bz, Tz, Dz = t["z"].shape
     heads = lambda x: x.view(Bz, Tz, a["num_heads"], Dz // a["num_heads"]).transpose(1, 2)  # noqa: E731
@@ -183,7 +214,7 @@ def c_eq02(t, a):
 
 
 def c_eq03(t, a):
-    bias = enc.attention_mask_bias(t["attention_mask"], torch.float64)
+    bias = enc.attention_mask_bias(t["attention_mask"], t["q"].dtype)
     context, probs = enc.eq03_attention(t["q"], t["k"], t["v"], bias)
     scores = t["q"] @ t["k"].transpose(-2, -1) / math.sqrt(t["q"].shape[-1]) + bias
     return {"context": context, "probs": probs, "scores": scores}
@@ -234,7 +265,7 @@ def c_eq10(t, a):
     ent = exit_entropy(mem)
     return {"memory": mem, "memory_first": eq10_classifier_memory(None, t["logits"], a["lam"]),
             "probabilities": eq10_probabilities(mem), "entropy": ent, "exit": should_exit(ent, a["threshold"]),
-            "entropy_large": exit_entropy(t["logits_large"])}
+            "entropy_large": exit_entropy(t["logits_large"]), "probabilities_large": eq10_probabilities(t["logits_large"])}
 
 
 def c_eq11(t, a):
@@ -274,23 +305,37 @@ def c_eq15(t, a):
 
 # ---------------------------------------------------------------------------- end-to-end
 E2E_BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
-                max_position_embeddings=13, type_vocab_size=2, hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0)
+                hidden_act="gelu", layer_norm_eps=EPS, max_position_embeddings=13, type_vocab_size=2,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 E2E_LENGTHS = [11, 8, 5, 10, 3, 7]
 E2E_T = 11
+CEIL_LENGTHS = [11, 13, 7]          # N = 10: ceil(10 * (1 - 0.7)) = 3, but a float ceil gives 4
+REAL_SENTENCES = ["a gripping , funny and thoroughly entertaining film .", "bad , but the cast is charming ."]
 
 
-def e2e_model(t: dict[str, torch.Tensor], mpee_config: dict[str, Any]):
-    """The tiny float64 MPEE model holding the stored parameters (``param/<state-dict key>``)."""
+def full_mpee_config(**overrides: Any) -> dict[str, Any]:
+    """Every MPEEConfig field the NumPy port knows, as JSON values: no setting is left to defaults."""
+    from mpee_ref.mpee import MPEEConfig
+    from mpee_ref.numpy_ref.model import MPEE_DEFAULTS
+    cfg = MPEEConfig.from_dict(overrides)
+    return {k: (list(getattr(cfg, k)) if isinstance(getattr(cfg, k), tuple) else getattr(cfg, k))
+            for k in MPEE_DEFAULTS}
+
+
+def e2e_model(t: dict[str, torch.Tensor], a: dict[str, Any]):
+    """The MPEE model of an e2e entry: ``attributes.bert_config``, ``mpee_config``, ``param/*``."""
     from mpee_ref.config import BertConfig
     from mpee_ref.mpee import MPEEConfig, MPEEModel
-    model = MPEEModel(BertConfig(**E2E_BERT), MPEEConfig.from_dict(mpee_config)).double().eval()
-    state = {k[len("param/"):]: v for k, v in t.items() if k.startswith("param/")}
+    params = {k[len("param/"):]: v for k, v in t.items() if k.startswith("param/")}
+    # float64 unless every parameter is float32 (e2e_real mixes float32 weights and float64 heads: float64)
+    dtype = torch.float32 if all(p.dtype == torch.float32 for p in params.values()) else torch.float64
+    model = MPEEModel(BertConfig(**a["bert_config"]), MPEEConfig.from_dict(a["mpee_config"])).to(dtype).eval()
+    state = {k: p.to(dtype) for k, p in params.items()}
     model.load_state_dict(state, strict=True)
     return model
 
 
-def _capture_one(model, ids, tt, threshold: float) -> dict[str, Any]:
+def _capture_one(model, ids, tt, threshold: float | None = None) -> dict[str, Any]:
     """Run ``infer`` on one unpadded sample, recording every layer's hidden state and memories."""
     cap: dict[str, list] = {"hidden": [], "att_mem": [], "logits": []}
     orig_step = model._attention_step
@@ -320,14 +365,14 @@ def _capture_one(model, ids, tt, threshold: float) -> dict[str, Any]:
 
 
 def c_e2e_infer(t, a):
-    model = e2e_model(t, a["mpee_config"])
+    """Per sample (run alone, checked against the batched run): exit, prediction, per-layer trace."""
+    model = e2e_model(t, a)
     ids, mask, tt = t["input_ids"], t["attention_mask"], t["token_type_ids"]
     out: dict[str, Any] = {}
-    batched = model.infer({"input_ids": ids, "attention_mask": mask, "token_type_ids": tt},
-                          threshold=a["threshold"]).samples
+    batched = model.infer({"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}).samples
     for b in range(ids.shape[0]):
         n = int(mask[b].sum())
-        one = _capture_one(model, ids[b, :n], tt[b, :n], a["threshold"])
+        one = _capture_one(model, ids[b, :n], tt[b, :n])
         r = one["result"]
         assert (r.exit_layer, r.prediction) == (batched[b].exit_layer, batched[b].prediction), b
         assert [x.positions for x in r.layers] == [x.positions for x in batched[b].layers], b
@@ -356,8 +401,39 @@ def c_e2e_infer(t, a):
     return out
 
 
+@torch.no_grad()
+def c_e2e_padded(t, a):
+    """The padded batch through all L layers at once (the training path), with each layer's exit test."""
+    model = e2e_model(t, a)
+    cfg, L = model.mpee_config, model.bert_config.num_hidden_layers
+    ids, mask, tt = t["input_ids"], t["attention_mask"], t["token_type_ids"]
+    prune_at = cfg.prune_layer_set(L)
+    n_base = mask.sum(1) - 1                                                       # (B,)
+    h = model.bert.embeddings(ids, tt)                                             # (B, T, D)
+    att_mem, cls_mem, out = None, None, {}
+    exit_layer = torch.zeros(ids.shape[0], dtype=torch.int64)                      # 0 = still running
+    prediction = torch.zeros(ids.shape[0], dtype=torch.int64)
+    for l in range(1, L + 1):
+        z, mask, att_mem, res = model._attention_step(l, cfg, h, mask, att_mem, n_base, prune_at)
+        h = model.bert.layers[l - 1].ffn_sublayer(z)                               # (B, T_l, D)
+        cls_mem = eq10_classifier_memory(cls_mem, model.exits[l - 1](h[:, 0]), cfg.effective_lam)   # (B, C)
+        ent = exit_entropy(cls_mem)                                                # (B,)
+        leave = should_exit(ent, cfg.threshold) | (l == L)                         # (B,)
+        new = leave & (exit_layer == 0)
+        exit_layer[new] = l
+        prediction[new] = eq10_probabilities(cls_mem).argmax(-1)[new]
+        out.update({f"l{l}/attention_mask": mask, f"l{l}/attention_memory": att_mem, f"l{l}/hidden": h,
+                    f"l{l}/cls_memory": cls_mem, f"l{l}/entropy": ent, f"l{l}/exit": leave})
+        if res is not None:
+            out[f"l{l}/source_index"] = res.source_index
+    ref = model.infer({"input_ids": ids, "attention_mask": t["attention_mask"], "token_type_ids": tt}).samples
+    assert exit_layer.tolist() == [s.exit_layer for s in ref], (exit_layer, [s.exit_layer for s in ref])
+    assert prediction.tolist() == [s.prediction for s in ref]
+    return {"exit_layer": exit_layer, "prediction": prediction, **out}
+
+
 def c_e2e_loss(t, a):
-    model = e2e_model(t, a["mpee_config"])
+    model = e2e_model(t, a)
     o = model(t["input_ids"], t["attention_mask"], t["token_type_ids"], labels=t["labels"])
     o.loss.total.backward()
     params = dict(model.named_parameters())
@@ -368,13 +444,14 @@ def c_e2e_loss(t, a):
 
 
 COMPUTE: dict[str, Callable] = {
-    "eq01_layer_norm": c_layer_norm, "eq04_gelu": c_gelu, "eq01_transformer_layer": c_eq01,
+    "eq01_layer_norm": c_layer_norm, "eq01_layer_norm_offset": c_layer_norm, "eq04_gelu": c_gelu, "eq01_transformer_layer": c_eq01,
     "eq02_mhsa": c_eq02, "eq03_attention": c_eq03, "eq04_ffn": c_eq04, "eq05_class_attention": c_eq05,
     "eq06_attention_memory": c_eq06, "eq07_num_kept": c_eq07_num_kept, "eq07_top_m": c_eq07_top_m,
     "eq08_fuse": c_eq08, "eq08_prune_tokens": c_prune, "eq08_prune_tokens_authors": c_prune,
     "eq09_exit_logits": c_eq09, "eq10_classifier_memory": c_eq10, "eq11_cross_entropy": c_eq11,
     "eq12_teacher": c_eq12, "eq13_kd_loss": c_eq13, "eq14_total_loss": c_eq14, "eq15_flops": c_eq15,
-    "e2e_infer": c_e2e_infer, "e2e_loss": c_e2e_loss,
+    "e2e_infer": c_e2e_infer, "e2e_infer_ceil": c_e2e_infer, "e2e_real": c_e2e_infer, "e2e_padded": c_e2e_padded,
+    "e2e_loss": c_e2e_loss,
 }
 
 EXACT_DTYPES = ("int64", "bool")
@@ -391,23 +468,32 @@ INTERMEDIATES = {"mask_bias", "mhsa_out", "ffn_out", "q", "k", "v", "context", "
 
 
 def is_intermediate(name: str) -> bool:
-    """Named intermediates: sub-results a port can compare to find the first step that diverges."""
-    return name in INTERMEDIATES or name.split("/")[-1] in INTERMEDIATES or "/l" in name
+    """Named intermediates: sub-results a port can compare to find the first step that diverges (per-layer
+    traces and gradients included); a port need not return them."""
+    return (name in INTERMEDIATES or name.split("/")[-1] in INTERMEDIATES or "/l" in name or name.startswith("l")
+            and "/" in name or name.startswith("grad/"))
 
 
-def run_entry(v: Vectors, name: str) -> None:
+def run_entry(v: Vectors, name: str, float_dtype: str = "float64") -> None:
     outs = COMPUTE[name](inputs_of(v.tensors, v.entries[name], name), v.entries[name]["attributes"])
     for k, x in outs.items():
-        v.out(name, {k: x}, role="intermediate" if is_intermediate(k) else "output")
+        v.out(name, {k: x}, role="intermediate" if is_intermediate(k) else "output", float_dtype=float_dtype)
 
 
 # ============================================================================ the entries
 def build_equations(v: Vectors) -> None:
     e = "eq01_layer_norm"
-    v.entry(e, "1", "mpee_ref.encoder.equations.layer_norm", eps=EPS)
+    v.entry(e, "1", "mpee_ref.encoder.equations.layer_norm", tol="ln", eps=EPS)
     v.sin(e, "x", (B, T, D), scale=1.0, offset=100.0)        # large mean: a one-pass variance loses digits
     v.sin(e, "weight", (D,), scale=0.1, offset=1.0, role="param")
     v.sin(e, "bias", (D,), scale=0.1, role="param")
+    run_entry(v, e)
+
+    e = "eq01_layer_norm_offset"
+    v.entry(e, "1", "mpee_ref.encoder.equations.layer_norm", tol="fp64_only", eps=EPS)
+    v.sin(e, "x", (B, T, D), scale=1.0, offset=1e4)         # one-pass variance: ~1e-8 error even in fp64
+    v.copy(e, "weight", "eq01_layer_norm/weight", role="param")
+    v.copy(e, "bias", "eq01_layer_norm/bias", role="param")
     run_entry(v, e)
 
     e = "eq04_gelu"
@@ -451,7 +537,7 @@ def build_equations(v: Vectors) -> None:
     run_entry(v, e)
 
     e = "eq06_attention_memory"
-    v.entry(e, "6", "mpee_ref.token_exit.eq06_attention_memory", beta=0.5)
+    v.entry(e, "6", "mpee_ref.token_exit.eq06_attention_memory", beta=0.25)   # not 0.5: a swapped beta shows
     v.sin(e, "prev", (B, T - 1), scale=0.1, offset=0.15)
     v.copy(e, "a_class", "eq05_class_attention/a_class")
     run_entry(v, e)
@@ -501,7 +587,7 @@ def build_equations(v: Vectors) -> None:
             threshold=0.9)
     v.sin(e, "prev", (4, C), scale=2.0)
     v.sin(e, "logits", (4, C), scale=2.0)
-    v.sin(e, "logits_large", (4, C), scale=300.0)           # exp() overflows in fp32 and fp64
+    v.sin(e, "logits_large", (4, C), scale=1000.0)          # exp() overflows in fp32 and fp64
     run_entry(v, e)
 
     e = "eq11_cross_entropy"
@@ -542,76 +628,162 @@ def build_equations(v: Vectors) -> None:
     run_entry(v, e)
 
 
-def build_e2e(v: Vectors) -> None:
+def _e2e_params(v: Vectors, e: str, bert: dict[str, Any], mpee_config: dict[str, Any]) -> None:
+    """Every ``MPEEModel.state_dict()`` tensor of the tiny model as a ``sin`` param."""
     from mpee_ref.config import BertConfig
     from mpee_ref.mpee import MPEEConfig, MPEEModel
-    Bn = len(E2E_LENGTHS)
-    base_cfg = dict(num_labels=5, r_ee=0.3, prune_layers=[1, 2], beta=0.5, lam=0.9, threshold=0.0)
-    mask = [[1 if j < n else 0 for j in range(E2E_T)] for n in E2E_LENGTHS]
-    tt = [[1 if (n // 2 + 1 <= j < n) else 0 for j in range(E2E_T)] for n in E2E_LENGTHS]
+    model = MPEEModel(BertConfig(**bert), MPEEConfig.from_dict(mpee_config))
+    for k, p in model.state_dict().items():
+        shape = tuple(p.shape)
+        if "LayerNorm.weight" in k:
+            v.sin(e, f"param/{k}", shape, scale=0.1, offset=1.0, role="param")
+        elif k.endswith("bias"):
+            v.sin(e, f"param/{k}", shape, scale=0.05, role="param")
+        elif "embeddings" in k:
+            v.sin(e, f"param/{k}", shape, scale=1.0, role="param")
+        elif k.startswith("exits.") and "classifier" in k:
+            v.sin(e, f"param/{k}", shape, scale=2.0, role="param")
+        elif k.startswith("teacher."):
+            v.sin(e, f"param/{k}", shape, scale=1.0, role="param")
+        else:
+            v.sin(e, f"param/{k}", shape, scale=0.3, role="param")
 
-    def common(e: str) -> None:
-        v.formula(e, "input_ids", (Bn, E2E_T), "int64", "int_mod", low=1, mult=37, add=5, modulus=98)
-        v.tensors[f"{e}/input_ids"] *= np.asarray(mask, np.int64)          # padding -> id 0
-        v.entries[e]["tensors"]["input_ids"]["then"] = "multiplied by attention_mask (padding id 0)"
-        v.literal(e, "attention_mask", mask)
-        v.literal(e, "token_type_ids", tt)
-        model = MPEEModel(BertConfig(**E2E_BERT), MPEEConfig.from_dict(base_cfg))
-        for k, p in model.state_dict().items():
-            shape = tuple(p.shape)
-            if "LayerNorm.weight" in k:
-                v.sin(e, f"param/{k}", shape, scale=0.1, offset=1.0, role="param")
-            elif k.endswith("bias"):
-                v.sin(e, f"param/{k}", shape, scale=0.05, role="param")
-            elif "embeddings" in k:
-                v.sin(e, f"param/{k}", shape, scale=1.0, role="param")
-            elif k.startswith("exits.") and "classifier" in k:
-                v.sin(e, f"param/{k}", shape, scale=2.0, role="param")
-            elif k.startswith("teacher."):
-                v.sin(e, f"param/{k}", shape, scale=1.0, role="param")
-            else:
-                v.sin(e, f"param/{k}", shape, scale=0.3, role="param")
 
-    # ---- inference: pick F so that one sample exits early and one prunes at layers 1 and 2
-    e = "e2e_infer"
-    v.entry(e, "1-10, 15", "mpee_ref.mpee.MPEEModel.infer", tol="e2e", mpee_config=base_cfg, threshold=0.0)
-    common(e)
-    t = inputs_of(v.tensors, v.entries[e], e)
-    model = e2e_model(t, base_cfg)
-    probe = model.infer({"input_ids": t["input_ids"], "attention_mask": t["attention_mask"],
-                         "token_type_ids": t["token_type_ids"]}, layer_exit=False).samples
-    ents = [s.entropies for s in probe]                                      # (B, L): nothing exits early
-    Ln = E2E_BERT["num_hidden_layers"]
+def _pick_threshold(ents: list[list[float]], num_layers: int, ok: Callable[[list[int]], bool]) -> tuple[float, float]:
+    """F between the entropies (all but the last layer's), as far from all of them as possible, for which
+    ``ok(exit layers)`` holds; returns (F, margin)."""
     best = None
-    for thr in sorted({round((x + y) / 2, 4) for row in ents for x in row[:-1] for y in row[:-1]}):
-        exits = [next((l for l in range(1, Ln) if ents[b][l - 1] < thr), Ln) for b in range(Bn)]
-        long_run = [b for b in range(Bn) if exits[b] >= 2 and E2E_LENGTHS[b] >= 5]
-        early = [b for b in range(Bn) if exits[b] < Ln]
-        if early and long_run and len(early) < Bn:
-            margin = min(abs(x - thr) for row in ents for x in row[:-1])
+    flat = sorted({x for row in ents for x in row[:-1]})
+    for thr in sorted({round((x + y) / 2, 4) for x, y in zip(flat, flat[1:])}):
+        exits = [next((l for l in range(1, num_layers) if row[l - 1] < thr), num_layers) for row in ents]
+        if ok(exits):
+            margin = min(abs(x - thr) for x in flat)
             if best is None or margin > best[0]:
                 best = (margin, thr)
     assert best is not None and best[0] > 1e-3, f"no threshold with a safe margin: entropies {ents}"
-    threshold = best[1]
-    v.entries[e]["attributes"]["threshold"] = threshold
-    v.entries[e]["attributes"]["entropy_margin"] = round(best[0], 6)
+    return best[1], round(best[0], 6)
+
+
+def _batch_inputs(v: Vectors, e: str, lengths: list[int], T: int, add: int) -> None:
+    mask = [[1 if j < n else 0 for j in range(T)] for n in lengths]
+    v.formula(e, "input_ids", (len(lengths), T), "int64", "int_mod", low=1, mult=37, add=add, modulus=98)
+    v.tensors[f"{e}/input_ids"] *= np.asarray(mask, np.int64)          # padding -> id 0
+    v.entries[e]["tensors"]["input_ids"]["then"] = "multiplied by attention_mask (padding id 0)"
+    v.literal(e, "attention_mask", mask)
+    v.literal(e, "token_type_ids", [[1 if (n // 2 + 1 <= j < n) else 0 for j in range(T)] for n in lengths])
+
+
+def _from_entry(v: Vectors, e: str, source: str, names: list[str]) -> None:
+    for n in names:
+        v.copy(e, n, f"{source}/{n}", role=v.entries[source]["tensors"][n]["role"])
+
+
+def build_e2e(v: Vectors) -> None:
+    Bn, Ln = len(E2E_LENGTHS), E2E_BERT["num_hidden_layers"]
+    base = dict(num_labels=5, r_ee=0.3, prune_layers=[1, 2], beta=0.5, lam=0.9, head="pooler")
+
+    # ---- inference: pick F so that one sample exits early and one prunes at layers 1 and 2
+    e = "e2e_infer"
+    v.entry(e, "1-10, 15", "mpee_ref.mpee.MPEEModel.infer", tol="e2e", bert_config=E2E_BERT,
+            mpee_config=full_mpee_config(**base, threshold=0.0))
+    _batch_inputs(v, e, E2E_LENGTHS, E2E_T, add=5)
+    _e2e_params(v, e, E2E_BERT, base)
+    t = inputs_of(v.tensors, v.entries[e], e)
+    probe = e2e_model(t, v.entries[e]["attributes"]).infer(
+        {k: t[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, layer_exit=False).samples
+    threshold, margin = _pick_threshold(
+        [s.entropies for s in probe], Ln,
+        lambda ex: 0 < sum(x < Ln for x in ex) < Bn and any(x >= 2 and n >= 5 for x, n in zip(ex, E2E_LENGTHS)))
+    cfg = full_mpee_config(**base, threshold=threshold)
+    v.entries[e]["attributes"].update(mpee_config=cfg, entropy_margin=margin)
     run_entry(v, e)
     exits = [int(v.tensors[f"{e}/s{b}/exit_layer"]) for b in range(Bn)]
     pruned = [sum(f"{e}/s{b}/l{l}/fused_positions" in v.tensors for l in range(1, Ln + 1)) for b in range(Bn)]
     assert any(x < Ln for x in exits), f"no sample exits early: {exits}"
     assert any(p >= 2 for p in pruned), f"no sample prunes at two layers: {pruned}"
     v.entries[e]["attributes"]["exit_layers"] = exits
-    v.entries[e]["attributes"]["pruning_layers_per_sample"] = pruned
+    v.entries[e]["attributes"]["pruning_layers_count_per_sample"] = pruned
+    shared = ["input_ids", "attention_mask", "token_type_ids"] + [n for n in v.entries[e]["tensors"]
+                                                                  if n.startswith("param/")]
+
+    # ---- the same batch as one padded batch through every layer (static-shape ports)
+    e = "e2e_padded"
+    v.entry(e, "1-10", "MPEEModel._attention_step / ffn_sublayer / exits over the padded batch", tol="e2e",
+            bert_config=E2E_BERT, mpee_config=cfg)
+    _from_entry(v, e, "e2e_infer", shared)
+    run_entry(v, e)
+    for name, spec in v.entries[e]["tensors"].items():
+        if name.endswith(("/hidden", "/attention_memory")):
+            spec["valid"] = name.split("/")[0] + "/attention_mask"
+            spec["valid_offset"] = 0 if name.endswith("/hidden") else 1
+
+    # ---- R_ee = 0.7 exiting: a float ceil (N = 10) and the original-length ratio base change the kept counts
+    e = "e2e_infer_ceil"
+    v.entry(e, "5-8", "mpee_ref.mpee.MPEEModel.infer", tol="e2e", bert_config=E2E_BERT,
+            mpee_config=full_mpee_config(**{**base, "r_ee": 0.7}, threshold=0.0))
+    _batch_inputs(v, e, CEIL_LENGTHS, max(CEIL_LENGTHS), add=11)
+    _from_entry(v, e, "e2e_infer", [n for n in shared if n.startswith("param/")])
+    run_entry(v, e)
+    t = inputs_of(v.tensors, v.entries[e], e)
+    other = e2e_model(t, {**v.entries[e]["attributes"], "mpee_config": {**v.entries[e]["attributes"]["mpee_config"],
+                                                                         "ratio_base": "original"}})
+    tokens = [s.tokens_per_layer for s in other.infer({k: t[k] for k in ("input_ids", "attention_mask",
+                                                                          "token_type_ids")}).samples]
+    assert tokens != [v.tensors[f"{e}/s{b}/tokens_per_layer"].tolist() for b in range(len(CEIL_LENGTHS))], tokens
 
     # ---- training loss with gradients
     e = "e2e_loss"
     grads = ["exits.0.classifier.weight", "teacher.dense.weight", "teacher.context.weight",
              "bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.2.output.dense.bias"]
     v.entry(e, "1-14", "mpee_ref.mpee.MPEEModel.forward (labels) -> mpee_ref.losses.mpee_loss", tol="e2e",
-            mpee_config=base_cfg, grad_params=grads)
-    common(e)
+            bert_config=E2E_BERT, mpee_config=cfg, grad_params=grads)
+    _from_entry(v, e, "e2e_infer", shared)
     v.literal(e, "labels", [(3 * b + 1) % 5 for b in range(Bn)])
     run_entry(v, e)
+
+
+def build_real(v: Vectors, weights: Path) -> None:
+    """MiniLM-L6 (external weights), literal tanh heads, two sentences: a trace on real activations."""
+    from mpee_ref.config import BertConfig
+    from mpee_ref.io import load_tokenizer
+    from mpee_ref.mpee import MPEEConfig, MPEEModel
+    from safetensors.numpy import load_file
+    import dataclasses
+    folder = Path(weights)
+    if not (folder / "model.safetensors").exists():
+        raise SystemExit(f"{folder}/model.safetensors not found: run `python -m mpee_ref fetch-weights` (e2e_real "
+                         "needs the converted MiniLM-L6) or pass --weights")
+    hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    bert = {f.name: hf[f.name] for f in dataclasses.fields(BertConfig) if f.name in hf and f.name != "pad_token_id"}
+    bert.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    enc = load_tokenizer(folder)(REAL_SENTENCES)
+    base = dict(num_labels=3, r_ee=0.4, prune_layers=[2, 4, 5], head="tanh")
+    e = "e2e_real"
+    v.entry(e, "1-10, 15", "mpee_ref.mpee.MPEEModel.infer on MiniLM-L6 (weights/minilm-l6)", tol="real",
+            bert_config=bert, mpee_config=full_mpee_config(**base, threshold=0.0), sentences=REAL_SENTENCES,
+            weights="weights/minilm-l6/model.safetensors (python -m mpee_ref fetch-weights); param/bert.<key> = <key>")
+    v.literal(e, "input_ids", enc.input_ids.tolist())
+    v.literal(e, "attention_mask", enc.attention_mask.tolist())
+    v.literal(e, "token_type_ids", enc.token_type_ids.tolist())
+    stored = load_file(str(folder / "model.safetensors"))
+    for k, p in MPEEModel(BertConfig(**bert), MPEEConfig.from_dict(base)).state_dict().items():
+        if k.startswith("bert."):
+            v.external(e, f"param/{k}", stored[k[len("bert."):]], source=k[len("bert."):])
+        elif k.endswith("bias"):
+            v.sin(e, f"param/{k}", tuple(p.shape), scale=0.2, role="param")
+        else:
+            v.sin(e, f"param/{k}", tuple(p.shape), scale=0.3, role="param")
+    t = inputs_of(v.tensors, v.entries[e], e)
+    Ln = bert["num_hidden_layers"]
+    probe = e2e_model(t, v.entries[e]["attributes"]).infer(
+        {k: t[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, layer_exit=False).samples
+    threshold, margin = _pick_threshold([s.entropies for s in probe], Ln,
+                                        lambda ex: 2 < min(ex) < Ln)
+    v.entries[e]["attributes"].update(mpee_config=full_mpee_config(**base, threshold=threshold),
+                                      entropy_margin=margin)
+    run_entry(v, e, float_dtype="float32")
+    v.entries[e]["attributes"]["exit_layers"] = [int(v.tensors[f"{e}/s{b}/exit_layer"])
+                                                 for b in range(len(REAL_SENTENCES))]
 
 
 # ============================================================================ main
@@ -623,15 +795,23 @@ def git_revision() -> str:
         return "unknown"
 
 
-def generate(out_dir: str | Path, revision: str | None = None) -> tuple[Path, Path]:
+def generate(out_dir: str | Path, revision: str | None = None,
+             weights: str | Path = ROOT / "weights" / "minilm-l6") -> tuple[Path, Path]:
     """Build every entry and write ``vectors.safetensors`` and ``manifest.json`` into ``out_dir``."""
     v = Vectors()
-    build_equations(v)
-    build_e2e(v)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                 # reductions split by thread count differ in the last bit
+    try:
+        build_equations(v)
+        build_e2e(v)
+        build_real(v, Path(weights))
+    finally:
+        torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     st = out_dir / "vectors.safetensors"
-    save_file(v.tensors, str(st), metadata={"format_version": str(FORMAT_VERSION)})
+    save_file({k: x for k, x in v.tensors.items() if k not in v.unstored}, str(st),
+              metadata={"format_version": str(FORMAT_VERSION)})
     manifest = {
         "format_version": FORMAT_VERSION,
         "generator": "tools/make_vectors.py",
@@ -639,16 +819,35 @@ def generate(out_dir: str | Path, revision: str | None = None) -> tuple[Path, Pa
         "torch_version": torch.__version__.split("+")[0],
         "tensor_file": st.name,
         "key_format": "<entry>/<tensor name>",
-        "roles": "input/param: generated (formula given); output/intermediate: computed by the named function",
+        "roles": {"input": "generated from its formula", "param": "generated from its formula, or external",
+                  "output": "computed by the named function: a port must return it",
+                  "intermediate": "a sub-result: compared when the port returns it (finds the first divergence)"},
         "formulas": {
             "sin": "x[i] = offset + scale * sin(phase + freq*i + curv*i*i), i = flat C-order index (float64)",
             "floor_sin": "x[i] = floor(levels * sin(phase + freq*i)) / levels (float64; produces ties)",
-            "int_mod": "x[i] = low + (mult*i + add) % modulus (int64)",
+            "int_mod": "x[i] = low + (mult*i + add) % modulus (int64); then: a step applied afterwards",
             "literal": "values listed in params.values",
-            "from": "a copy of the tensor named in source",
+            "from": "the same values as the tensor named in source (<entry>/<name>); not stored again",
+            "external": "the tensor named in source inside weights/minilm-l6/model.safetensors; not stored",
         },
-        "tolerance_rule": "|port - golden| <= atol + rtol * |golden| elementwise, with the (rtol, atol) of the "
-                          "port's precision; int64 and bool tensors must be equal",
+        "tolerance_rule": "|port - golden| <= atol + rtol * |golden| elementwise, with the entry's (rtol, atol) "
+                          "for the port's precision (null: not checked in that precision); int64 and bool "
+                          "tensors must be equal; where a float golden is finfo(float64).min (padding in "
+                          "mask_bias / scores) the port may hold any value <= -1000 and the slot is not compared; "
+                          "a tensor with 'valid' is compared only where that mask (minus its first valid_offset "
+                          "columns) is 1",
+        "conventions": {
+            "axes": "B batch, T tokens incl. [CLS], N = T-1, D hidden, H heads, dh head size, F FFN size, C classes, "
+                    "L layers, V vocabulary, K cases, L_b layers executed by sample b, T_l tokens after layer l, "
+                    "p fused tokens; 'out', 'in' for PyTorch Linear weights (y = x W^T + b)",
+            "layers": "l in key names (l{l}/), prune_layers and exit layers are 1-based (layer l produces h^l); "
+                      "state-dict names count from 0: bert.encoder.layer.{l-1}, exits.{l-1}",
+            "samples": "s{b}/ is sample b (0-based) of the batch, run alone on its unpadded tokens",
+            "positions": "0 = [CLS], i = input position i, -k = the EE-fusion token made at layer k",
+            "source_index": "0-based over the previous non-[CLS] rows; -1 = fused token, -2 = padding",
+            "mpee_config": "every MPEEConfig field (docs/PORTING.md and mpee_ref/mpee/config.py); "
+                           "mpee_config.threshold is F",
+        },
         "entries": v.entries,
     }
     mf = out_dir / "manifest.json"
@@ -660,8 +859,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "tests" / "vectors"), help="output folder")
     ap.add_argument("--revision", default=None, help="record this revision instead of `git rev-parse HEAD`")
+    ap.add_argument("--weights", default=str(ROOT / "weights" / "minilm-l6"), help="converted MiniLM-L6 folder")
     args = ap.parse_args(argv)
-    st, mf = generate(args.out, args.revision)
+    st, mf = generate(args.out, args.revision, args.weights)
     print(f"wrote {st} ({st.stat().st_size} bytes) and {mf} ({mf.stat().st_size} bytes)")
     return 0
 

@@ -11,6 +11,6 @@ from .equations import (PruneResult, all_token_attention, attention_mask_bias, e
                         eq11_cross_entropy, eq12_teacher, eq13_kd_loss, eq14_total_loss, exit_entropy, gelu,
                         layer_norm, linear, log_softmax, prune_tokens, should_exit, softmax)
 from .flops import authors_layer_macs, eq15_layer_flops, eq15_speedup, fusion_flops, head_flops, sample_flops
-from .model import BertNumpy, LayerTraceNumpy, LossNumpy, MPEENumpy, SampleResultNumpy
+from .model import BertNumpy, LayerTraceNumpy, LossNumpy, MPEENumpy, PaddedLayerNumpy, SampleResultNumpy
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -35,9 +35,10 @@ from .flops import sample_flops
 MPEE_DEFAULTS: dict[str, Any] = dict(
     num_labels=2, token_exit=True, r_ee=0.3, r_ee_means="exit", prune_layers=None, ratio_base="current",
     beta=0.5, beta_warmup_layers=0, attention_memory=True, token_score="class", fusion="memory",
-    fused_memory="sum", token_select="top", layer_exit=True, threshold=0.3, lam=0.9, classifier_memory=True, head="pooler",
-    classifier_dropout=0.1, use_kd=True, tau=3.0, kd_direction="student_teacher", kd_reduction="batchmean",
-    detach_teacher_inputs=True, detach_teacher_in_kd=False, gamma=None)
+    fused_memory="sum", token_select="top", layer_exit=True, threshold=0.3, lam=0.9, classifier_memory=True,
+    head="pooler", classifier_dropout=0.1, head_norm=False, head_init="pooler", use_kd=True, tau=3.0,
+    kd_direction="student_teacher", kd_reduction="batchmean", detach_teacher_inputs=True,
+    detach_teacher_in_kd=False, gamma=None)
 
 
 def scale_layers(layers_of_12: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
@@ -126,6 +127,7 @@ class LayerTraceNumpy:
     exited: bool
     hidden: np.ndarray = field(repr=False)           # (T', D) h^l of this sample
     memory: np.ndarray = field(repr=False)           # (C,) C_zm^l
+    logits: np.ndarray | None = field(repr=False, default=None)   # (C,) C_z^l
     attention_memory: np.ndarray | None = field(repr=False, default=None)   # (T'-1,) A_m^l
 
 
@@ -147,6 +149,22 @@ class LossNumpy:
     teacher_logits: np.ndarray | None                 # (B, C)
     eta: np.ndarray | None                            # (B, L)
     memories: np.ndarray                              # (L, B, C)
+    logits: np.ndarray                                # (L, B, C) C_z^l
+    tokens: np.ndarray                                # (L, B) tokens entering layer l's FFN
+
+
+@dataclass(frozen=True)
+class PaddedLayerNumpy:
+    """Layer l of :meth:`MPEENumpy.trace_batch`: the whole right-padded batch after layer l."""
+
+    layer: int
+    attention_mask: np.ndarray                        # (B, T_l)
+    source_index: np.ndarray | None                   # (B, T_l - 1) at pruning layers
+    attention_memory: np.ndarray | None               # (B, T_l - 1)
+    hidden: np.ndarray                                # (B, T_l, D)
+    cls_memory: np.ndarray                            # (B, C)
+    entropy: np.ndarray                               # (B,)
+    exit: np.ndarray                                  # (B,) bool: entropy < F or l = L
 
 
 class MPEENumpy:
@@ -158,6 +176,9 @@ class MPEENumpy:
         if unknown:
             raise ValueError(f"mpee_config: unknown keys {unknown}")
         self.cfg = {**MPEE_DEFAULTS, **mpee_config}
+        if self.cfg["head_norm"]:
+            raise ValueError("mpee_config: head_norm=True is not ported; fold the standardisation into the heads "
+                             "first (mpee_ref.layer_exit.ExitHead.folded) and save with head_norm=False")
         self.bert = BertNumpy(bert_config, state, prefix="bert.", dtype=dtype)
         self.dtype = self.bert.dtype
         L, f = self.bert.num_layers, (lambda k: np.asarray(state[k], dtype=self.dtype))
@@ -244,13 +265,14 @@ class MPEENumpy:
                 fused_pos = tuple(old[i] for i in np.flatnonzero(res.fused[0]))
                 fused_w = tuple(float(w) for w in res.alpha[0][res.fused[0]])
                 positions = [0] + [old[s] if s >= 0 else -l for s in res.source_index[0] if s != -2]
-            cls_mem = eq.eq10_classifier_memory(cls_mem, self.head(l, h[:, 0]), self.lam())   # (1, C)
+            z_l = self.head(l, h[:, 0])                                                # (1, C)
+            cls_mem = eq.eq10_classifier_memory(cls_mem, z_l, self.lam())              # (1, C)
             ent = float(eq.exit_entropy(cls_mem)[0])
             leave = l == L or (c["layer_exit"] and bool(eq.should_exit(np.array([ent]), c["threshold"])[0]))
             traces.append(LayerTraceNumpy(
                 layer=l, n_att=n_att, n_ffn=int(mask.sum()), positions=tuple(positions),
                 fused_positions=fused_pos, fused_weights=fused_w, entropy=ent, exited=leave,
-                hidden=h[0], memory=cls_mem[0], attention_memory=None if att_mem is None else att_mem[0]))
+                hidden=h[0], memory=cls_mem[0], logits=z_l[0], attention_memory=None if att_mem is None else att_mem[0]))
             n_fused.append(len(fused_pos) if c["fusion"] != "drop" else 0)
             if leave:
                 break
@@ -282,18 +304,40 @@ class MPEENumpy:
         labels = np.asarray(labels, dtype=np.int64)
         n_base = mask.sum(axis=1) - 1
         h = self.bert.embed(ids, tt)                                                   # (B, T, D)
-        att_mem, cls_mem, memories = None, None, []
+        att_mem, cls_mem, memories, logits, tokens = None, None, [], [], []
         for l in range(1, L + 1):
             h, mask, att_mem, _ = self._layer(l, h, mask, att_mem, n_base)
-            cls_mem = eq.eq10_classifier_memory(cls_mem, self.head(l, h[:, 0]), self.lam())   # (B, C)
+            logits.append(self.head(l, h[:, 0]))                                       # (B, C)
+            cls_mem = eq.eq10_classifier_memory(cls_mem, logits[-1], self.lam())       # (B, C)
             memories.append(cls_mem)
+            tokens.append(mask.sum(axis=1))
         mem = np.stack(memories)                                                       # (L, B, C)
+        extra = dict(logits=np.stack(logits), tokens=np.stack(tokens))
         ce = eq.eq11_cross_entropy(mem, labels)                                        # (L,)
         if not c["use_kd"]:
-            return LossNumpy(float(eq.eq14_total_loss(ce, None)), ce, None, None, None, mem)
+            return LossNumpy(float(eq.eq14_total_loss(ce, None)), ce, None, None, None, mem, **extra)
         t, eta = eq.eq12_teacher(mem, *self.teacher)                                   # (B, C), (B, L)
         kd = eq.eq13_kd_loss(mem, t, float(c["tau"]), c["kd_direction"], c["kd_reduction"])   # (L,)
         gamma = c["gamma"]
         teacher_ce = None if gamma is None else eq.eq11_cross_entropy(t[None], labels)[0]
         total = eq.eq14_total_loss(ce, kd, gamma=gamma, teacher_ce=teacher_ce)
-        return LossNumpy(float(total), ce, kd, t, eta, mem)
+        return LossNumpy(float(total), ce, kd, t, eta, mem, **extra)
+
+    # ------------------------------------------------------------------ padded batch, static-shape style
+    def trace_batch(self, input_ids, attention_mask, token_type_ids=None) -> list[PaddedLayerNumpy]:
+        """The right-padded batch through all L layers at once, each layer's exit test recorded (no sample
+        leaves the batch): what a static-shape port computes. Exit layer of b = first l with ``exit[b]``."""
+        c, L = self.cfg, self.bert.num_layers
+        ids, mask = np.asarray(input_ids), np.asarray(attention_mask)
+        tt = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids)
+        n_base = mask.sum(axis=1) - 1                                                  # (B,)
+        h = self.bert.embed(ids, tt)                                                   # (B, T, D)
+        att_mem, cls_mem, out = None, None, []
+        for l in range(1, L + 1):
+            h, mask, att_mem, res = self._layer(l, h, mask, att_mem, n_base)           # (B, T_l, D) ...
+            cls_mem = eq.eq10_classifier_memory(cls_mem, self.head(l, h[:, 0]), self.lam())   # (B, C)
+            ent = eq.exit_entropy(cls_mem)                                             # (B,)
+            leave = eq.should_exit(ent, c["threshold"]) if c["layer_exit"] else np.zeros(ent.shape, bool)
+            out.append(PaddedLayerNumpy(l, mask, None if res is None else res.source_index, att_mem, h, cls_mem,
+                                        ent, leave | (l == L)))
+        return out
