@@ -1,11 +1,13 @@
 """Export a trained MPEE folder as the committed demo model (fp16 safetensors, < 50 MB).
 
     python tools/export_demo_model.py --src runs/sst2/mpee/final --dst weights/mpee-minilm-sst2 \
-        --threshold 0.6 --r-ee 0.3 --card docs/demo_model_card.md
+        --threshold 0.6 --r-ee 0.3 --card my_model_card.md
 
-It sets the operating point (F, R_ee) stored in the folder's ``mpee_config.json`` (the demo's default),
-writes ``task.json`` (task and label names, read by the demo), copies the model card to
-``MODEL_CARD.md``, and checks that the fp16 copy predicts like the fp32 source on the SST-2 dev set.
+It folds each exit head's standardisation into the head (``head_norm`` models, docs L10: the exported
+heads are Eq. (9) exactly), sets the operating point (F, R_ee) stored in the folder's
+``mpee_config.json`` (the demo's default), writes ``task.json`` (task and label names, read by the
+demo), copies the model card to ``MODEL_CARD.md``, and checks that the fp16 copy predicts like the fp32
+source on the dev set.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,8 +39,8 @@ def main() -> int:
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "glue"))
     args = ap.parse_args()
 
-    model = load_mpee(args.src)
-    model.mpee_config = replace(model.mpee_config, threshold=args.threshold, r_ee=args.r_ee)
+    source = load_mpee(args.src, threshold=args.threshold, r_ee=args.r_ee)
+    model = load_mpee(args.src, threshold=args.threshold, r_ee=args.r_ee).fold_head_norms()
     spec = get_task(args.task)
     task = {"task": spec.name, "label_names": ["negative", "positive"] if spec.name == "sst-2"
             else list(spec.label_names)}
@@ -52,12 +53,13 @@ def main() -> int:
 
     half = load_mpee(dst)
     examples = read_glue(args.task, args.data_dir, "dev")
-    enc = model.tokenizer([e.text_a for e in examples], pairs=None)
-    a = model.infer(enc).predictions
+    pairs = [e.text_b for e in examples] if examples[0].text_b is not None else None
+    enc = model.tokenizer([e.text_a for e in examples], pairs=pairs)
+    a = source.infer(enc).predictions
     b = half.infer(enc).predictions
     labels = torch.tensor([e.label for e in examples])
-    print(f"wrote {dst} ({size / 2**20:.1f} MiB); fp32 accuracy {(a == labels).float().mean():.4f}, "
-          f"fp16 accuracy {(b == labels).float().mean():.4f}, predictions differ on {(a != b).sum()} "
+    print(f"wrote {dst} ({size / 2**20:.1f} MiB); fp32 source accuracy {(a == labels).float().mean():.4f}, "
+          f"fp16 folded accuracy {(b == labels).float().mean():.4f}, predictions differ on {(a != b).sum()} "
           f"of {len(examples)}")
     return 0
 
