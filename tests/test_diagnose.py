@@ -23,13 +23,19 @@ def test_layer_health_hand_example():
     labels = [0, 1, 0, 1]
     z1 = torch.zeros(4, 2)
     z2 = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]])
+    # h_CLS: layer 1 the same vector for all (cosine 1, std 0, max |mean| 8); layer 2 +-e1, +-e2:
+    # pairs (e1,-e1) and (e2,-e2) have cosine -1, the 8 other ordered pairs 0 -> mean -4/12 = -1/3
+    cls1 = torch.tensor([[8.0, 1.0]] * 4)
+    cls2 = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
     outputs = {"logits": torch.stack([z1, z2]), "memories": torch.stack([z1, z2]),
-               "eta": torch.tensor([[0.25, 0.75]] * 4)}
+               "eta": torch.tensor([[0.25, 0.75]] * 4), "cls": torch.stack([cls1, cls2])}
     h1, h2 = layer_health(outputs, labels, "sst-2")
     assert h1.metric == {"accuracy": 0.5} and h1.majority_share == 1.0 and h1.dead
     assert h1.mean_entropy == pytest.approx(math.log(2)) and h1.logit_spread == 0.0 and h1.eta == 0.25
     assert h2.metric == {"accuracy": 1.0} and h2.majority_share == 0.5 and not h2.dead
     assert h2.logit_spread == pytest.approx(1.0) and h2.eta == 0.75
+    assert (h1.cls_cosine, h1.cls_feature_std, h1.cls_max_abs_mean) == (pytest.approx(1.0), 0.0, 8.0)
+    assert h2.cls_cosine == pytest.approx(-1 / 3) and h2.cls_feature_std == pytest.approx(0.5 ** 0.5)
 
 
 def test_layer_outputs_run_every_layer_with_exits_off(tmp_path):
@@ -59,7 +65,8 @@ def test_diagnose_cli_writes_json_and_plot(tmp_path, capsys):
     result = json.loads((tmp_path / "d" / "diagnose.json").read_text())
     assert [l["layer"] for l in result["layers"]] == [1, 2, 3] and result["n_examples"] == 10
     assert set(result["layers"][0]) == {"layer", "metric", "head_metric", "mean_entropy", "logit_spread",
-                                        "majority_share", "eta", "dead"}
+                                        "majority_share", "eta", "dead", "cls_cosine", "cls_feature_std",
+                                        "cls_max_abs_mean"}
     assert sum(l["eta"] for l in result["layers"]) == pytest.approx(1.0, abs=1e-5)
     pytest.importorskip("matplotlib")
     assert (tmp_path / "d" / "diagnose.png").stat().st_size > 1000

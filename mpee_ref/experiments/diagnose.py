@@ -11,7 +11,12 @@ With token and layer exits off (every sample runs every layer, nothing pruned), 
   head has 0);
 * ``majority_share``: the share of samples given the most frequent prediction (1.0 = constant);
 * ``eta``: the teacher weight η^l of Eq. 12, averaged over samples (uniform = 1/L);
-* ``dead``: ``majority_share >= 0.99`` or ``logit_spread < 0.01``.
+* ``dead``: ``majority_share >= 0.99`` or ``logit_spread < 0.01``;
+* the conditioning of the head's input h_CLS^l across the split (why a head can be dead):
+  ``cls_cosine`` (mean cosine similarity between two samples' [CLS] vectors), ``cls_feature_std``
+  (median over features of the standard deviation across samples) and ``cls_max_abs_mean`` (largest
+  |mean| of a feature). A cosine near 1 with a tiny feature spread beside large means is the case the
+  ``head_norm`` recipe (docs L10) is for.
 
 This is the first thing to run after fine-tuning MPEE on a new backbone (docs/RESULTS.md shows why:
 on MiniLM-L6 the paper's recipe leaves the heads of layers 1-3 constant).
@@ -50,17 +55,20 @@ class LayerHealth:
     majority_share: float
     eta: float
     dead: bool
+    cls_cosine: float
+    cls_feature_std: float
+    cls_max_abs_mean: float
 
 
 @torch.no_grad()
 def layer_outputs(model: MPEEModel, data: EncodedDataset, batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """Every layer's C_z, C_zm and the teacher's η over ``data``, exits off: ``logits``/``memories``
-    ``(L, N, C)``, ``eta`` ``(N, L)``."""
+    """Every layer's C_z, C_zm, the teacher's η and h_CLS over ``data``, exits off: ``logits``/``memories``
+    ``(L, N, C)``, ``eta`` ``(N, L)``, ``cls`` ``(L, N, D)``."""
     cfg = replace(model.mpee_config, token_exit=False, layer_exit=False)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    logits, memories, eta = [], [], []
+    logits, memories, eta, cls = [], [], [], []
     try:
         for start in range(0, len(data), batch_size):
             batch = collate(data, range(start, min(start + batch_size, len(data))), model.bert_config.pad_token_id)
@@ -69,9 +77,20 @@ def layer_outputs(model: MPEEModel, data: EncodedDataset, batch_size: int = 32) 
             logits.append(out.logits.cpu())                                   # (L, B, C)
             memories.append(out.memories.cpu())                               # (L, B, C)
             eta.append(model.teacher(out.memories)[1].cpu())                  # (B, L)
+            hidden = model.bert(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                batch["token_type_ids"].to(device), output_hidden_states=True).hidden_states
+            cls.append(torch.stack([h[:, 0] for h in hidden[1:]]).cpu())      # (L, B, D)
     finally:
         model.train(was_training)
-    return {"logits": torch.cat(logits, 1), "memories": torch.cat(memories, 1), "eta": torch.cat(eta, 0)}
+    return {"logits": torch.cat(logits, 1), "memories": torch.cat(memories, 1), "eta": torch.cat(eta, 0),
+            "cls": torch.cat(cls, 1)}
+
+
+def mean_pairwise_cosine(x: torch.Tensor) -> float:
+    """Mean cosine similarity over the N(N-1) ordered pairs of distinct rows of ``x`` (N, D), N >= 2."""
+    u = torch.nn.functional.normalize(x.double(), dim=-1)                     # (N, D)
+    n = u.shape[0]
+    return float((u.sum(0).pow(2).sum() - n) / (n * (n - 1)))
 
 
 def layer_health(outputs: dict[str, torch.Tensor], labels: list[int], task: str) -> list[LayerHealth]:
@@ -88,7 +107,10 @@ def layer_health(outputs: dict[str, torch.Tensor], labels: list[int], task: str)
             head_metric=compute_metrics(spec, z.argmax(-1).tolist(), labels),
             mean_entropy=float(exit_entropy(zm).mean()), logit_spread=spread, majority_share=majority,
             eta=float(outputs["eta"][:, l - 1].mean()),
-            dead=majority >= DEAD_MAJORITY or spread < DEAD_SPREAD))
+            dead=majority >= DEAD_MAJORITY or spread < DEAD_SPREAD,
+            cls_cosine=mean_pairwise_cosine(outputs["cls"][l - 1]),
+            cls_feature_std=float(outputs["cls"][l - 1].std(0, unbiased=False).median()),
+            cls_max_abs_mean=float(outputs["cls"][l - 1].mean(0).abs().max())))
     return out
 
 
@@ -155,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
         flag = "  DEAD: constant output, no sample can exit here" if h.dead else ""
         print(f"layer {h.layer}: {metric} {h.metric[metric]:.4f} (head {h.head_metric[metric]:.4f}) | entropy "
               f"{h.mean_entropy:.3f} | spread {h.logit_spread:.3g} | majority {h.majority_share:.2f} | "
-              f"eta {h.eta:.3f}{flag}", file=sys.stderr)
+              f"eta {h.eta:.3f} | h_CLS cosine {h.cls_cosine:.4f}, feature std {h.cls_feature_std:.3g}, "
+              f"max |mean| {h.cls_max_abs_mean:.3g}{flag}", file=sys.stderr)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
