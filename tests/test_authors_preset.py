@@ -11,6 +11,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mpee_ref.config import BertConfig
 from mpee_ref.flops import head_flops, sample_flops
@@ -215,3 +217,30 @@ def test_final_classifier_replaces_exit_L_in_the_loss():
     plain = make_model(replace(cfg, final_classifier=False)).train()
     ce_mem = torch.nn.functional.cross_entropy(plain(**inp).memories[-1], y)
     assert plain(**inp, labels=y).loss.ce[-1].item() == pytest.approx(ce_mem.item(), rel=1e-12)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=4), st.sampled_from([0.3, 0.5, 0.7, 1.0]),
+       st.integers(0, 10_000))
+def test_truncate_keeps_the_same_tokens_as_gather_and_leaves_the_memory_in_place(lengths, keep, seed):
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths) + 1
+    mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None] + 1).long()        # [CLS] + n tokens
+    hidden = torch.randn(len(lengths), T, 5, generator=g, dtype=torch.float64) * mask[..., None]
+    memory = torch.rand(len(lengths), T - 1, generator=g, dtype=torch.float64) * mask[:, 1:]
+    kw = dict(r_ee_means="keep", fused_memory="mean")
+    a = prune_tokens(hidden, mask, memory, keep, **kw)
+    t = prune_tokens(hidden, mask, memory, keep, memory_alignment="truncate", **kw)
+    assert torch.equal(a.kept, t.kept) and torch.equal(a.fused, t.fused) and torch.equal(a.num_kept, t.num_kept)
+    for b in range(len(lengths)):
+        n = int(t.attention_mask[b].sum())
+        assert n == int(a.attention_mask[b].sum())
+        # the same rows (kept tokens and the fused token), in score order under truncate
+        rows = lambda r: sorted(map(tuple, r.hidden[b, 1:n].tolist()))                    # noqa: E731
+        assert rows(a) == rows(t)
+        m = int(t.num_kept[b])
+        kept_scores = t.memory.new_tensor([memory[b, i] for i in t.source_index[b, :m].tolist()])
+        assert bool((kept_scores[:-1] >= kept_scores[1:]).all())                          # best first
+        assert torch.equal(t.memory[b, :m], memory[b, :m])                                 # entry j stays at j
+        if n - 1 > m:                                                                      # the fused slot
+            assert float(t.memory[b, m]) == pytest.approx(float(a.memory[b, m]))

@@ -13,6 +13,11 @@ and ``flops`` together. One layer l of MPEE, for every sample still running::
     C_zm         = (1-λ) C_zm + λ C_z                 Eq. 10
     exit if  entropy(softmax(C_zm)) < F  or l = L     (exit test, §3.2)
 
+The authors' preset adds three switches (docs/INTERPRETATION.md M6): ``pad_to`` (Eq. 7's N over
+padded slots), ``memory_alignment="truncate"`` (A_m left in the old order after Eq. 8) and
+``final_classifier`` (a sample that fails the test at layer L is predicted by a separate final
+classifier, which also replaces exit L in the loss).
+
 Two entry points:
 
 * :meth:`MPEEModel.forward` (training): every layer runs for every sample, token pruning active,
