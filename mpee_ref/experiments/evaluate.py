@@ -3,8 +3,11 @@ r"""``python -m mpee_ref evaluate``: MPEE inference on a GLUE split, with the pa
 Reported (JSON): the task metric(s) (§4.2), ρ = Σ FLOPs_total / Σ FLOPs_exec (Eq. 15, our FLOPs
 convention, see ``mpee_ref/flops``), the mean exit layer and the count of samples per exit layer, the
 mean number of tokens entering each layer's FFN (over the samples that ran that layer), wall time and
-examples/s, and, with ``--flops-convention authors|both``, ρ as the authors' code counts it (MACs,
-inputs padded to ``--max-seq-length``; and the same at real lengths).
+examples/s, and, with ``--flops-convention authors|both|all``, ρ in the authors' per-layer formula
+(MACs, inputs padded to ``--max-seq-length``, and the same at real lengths), with
+``authors_code|all`` ρ exactly as the authors' evaluation loop adds it up (``authors_code_flops``: one
+extra attention block per early exit, the fused token left out at pruning layers; padded to the
+model's ``pad_to``, else ``--max-seq-length``). docs/interpretation/flops.md compares them.
 
 Batch size 1 is the paper's setting ("the inference batch size ... is 1", §4.4) and the default.
 ``--batch-size 32`` runs the same equations on right-padded batches; the model removes exited samples and
@@ -23,12 +26,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..data import compute_metrics, get_task, read_glue
-from ..flops import authors_sample_flops, eq15_speedup, sample_flops
+from ..flops import authors_code_sample_macs, authors_sample_flops, eq15_speedup, sample_flops
 from ..mpee import MPEEModel, SampleResult, load_mpee
 from .batching import EncodedDataset, collate, encode_examples
 from .options import check_cli_numbers, parse_overrides
 
-FLOPS_CONVENTIONS = ("ours", "authors", "both")
+FLOPS_CONVENTIONS = ("ours", "authors", "authors_code", "both", "all")   # both = ours + authors
 
 
 def run_inference(model: MPEEModel, data: EncodedDataset, batch_size: int = 1,
@@ -84,10 +87,24 @@ def summarize(samples: Sequence[SampleResult], labels: Sequence[int], task: str,
         "r_ee": cfg.r_ee,
         "config": cfg.to_dict(),
     }
-    if flops_convention in ("authors", "both"):
+    if flops_convention in ("authors", "both", "all"):
         result["authors_flops"] = _authors_block(samples, cfg, L, D, model.bert_config.intermediate_size,
                                                  max_seq_length)
+    if flops_convention in ("authors_code", "all"):
+        result["authors_code_flops"] = _authors_code_block(samples, cfg, L, D, cfg.pad_to or max_seq_length)
     return result
+
+
+def _authors_code_block(samples: Sequence[SampleResult], cfg: Any, L: int, D: int, max_len: int) -> dict | None:
+    """ρ as the authors' evaluation loop counts it (``authors_code_sample_macs``); None if nothing is kept."""
+    prune = cfg.prune_layer_set(L)
+    keep = 1.0 if not prune else (cfg.r_ee if cfg.r_ee_means == "keep" else 1.0 - cfg.r_ee)
+    if keep <= 0.0:
+        return None                             # keeping 0 tokens has no padded-length analogue
+    per = [authors_code_sample_macs(s.exit_layer, prune, keep, L, D, max_len, fused=cfg.fusion != "drop")
+           for s in samples]
+    return {"unit": "MACs", "max_len": max_len, "rho": eq15_speedup([f for _, f in per], [e for e, _ in per]),
+            "executed": sum(e for e, _ in per), "full": sum(f for _, f in per)}
 
 
 def _authors_block(samples: Sequence[SampleResult], cfg: Any, L: int, D: int, F: int, max_len: int) -> dict:
@@ -133,7 +150,8 @@ def evaluate_model(model: MPEEModel, examples: Sequence[Any], task: str, batch_s
         model: an :class:`MPEEModel` with ``model.tokenizer`` set (``load_mpee`` does that).
         examples: :class:`mpee_ref.data.Example` list.  task: GLUE task name.
         batch_size: inference batch size (1 = the paper).  max_seq_length: truncation length.
-        flops_convention: "ours", "authors" or "both" (adds ``authors_flops``).
+        flops_convention: "ours", "authors", "authors_code", "both" (ours + authors) or "all"
+            (adds ``authors_flops`` and/or ``authors_code_flops``).
         verify_batch1: with ``batch_size > 1``, re-run this many examples at batch 1 and report
             mismatches under ``batch_consistency``.
         overrides: :class:`MPEEConfig` fields for this evaluation (``threshold=0.2``, ``r_ee=0.5``...).
@@ -176,7 +194,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-examples", type=int, default=None, help="evaluate the first N examples only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_",
                    help="any MPEEConfig field for this run (repeatable)")
-    p.add_argument("--flops-convention", choices=FLOPS_CONVENTIONS, default="both")
+    p.add_argument("--flops-convention", choices=FLOPS_CONVENTIONS, default="all",
+                   help="besides ours: 'authors' (their per-layer formula), 'authors_code' (their loop as it "
+                        "runs), 'both' (ours + authors) or 'all'")
     p.add_argument("--verify-batch1", type=int, default=64, metavar="N",
                    help="with --batch-size > 1, re-run the first N examples at batch 1 and compare (0: off)")
     p.add_argument("--json", default=None, help="also write the result to this file")

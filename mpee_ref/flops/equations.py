@@ -23,9 +23,15 @@ Our convention (``convention="ours"``, the default):
 exit has :math:`\rho = 1` exactly. With heads (default) such a run costs ``L - 1`` heads more than the
 baseline, so :math:`\rho < 1`. See docs/interpretation/flops.md.
 
-The authors' accounting (``convention="authors"``, :func:`authors_layer_macs`,
-:func:`authors_sample_flops`) is described in ../shared/docs/OFFICIAL_CODE.md: MACs, F = 4D assumed,
-no fused token, no heads, inputs padded to 128.
+Two accountings of the authors' code (JunKong5/MPEE, ``run_Ada_glue.py``; docs/interpretation/flops.md):
+
+* ``"authors"`` (:func:`authors_layer_macs`, :func:`authors_sample_flops`, ``sample_flops(...,
+  convention="authors")``): their per-layer formula (MACs, F = 4D assumed, no fused token, no heads)
+  summed plainly over the layers a sample really runs, at real or padded lengths.
+* ``"authors_code"`` (:func:`authors_code_lengths`, :func:`authors_code_sample_macs`): what their
+  evaluation loop actually adds up, step for step: one attention block too many for a sample that
+  exits before layer L, and the fused token left out of a pruning layer's FFN and of the next
+  layer's attention.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 HEADS = ("pooler", "tanh")
-CONVENTIONS = ("ours", "authors")
+CONVENTIONS = ("ours", "authors")            # of sample_flops; "authors_code" has its own functions
 
 
 # ----------------------------------------------------------------------------- validation helpers
@@ -193,7 +199,7 @@ def _check_run(n_att: list[int], n_ffn: list[int], num_fused: list[int], n_token
 def sample_flops(n_att: Sequence[int], n_ffn: Sequence[int], num_fused: Sequence[int], n_tokens: int,
                  num_layers: int, hidden: int, intermediate: int, num_labels: int,
                  head: str = "pooler", *, count_heads: bool = True,
-                 convention: str = "ours") -> SampleFlops:
+                 convention: str = "ours", final_head: bool = False) -> SampleFlops:
     r"""Executed and full FLOPs of one sample, the summands of Eq. (15), §4.2.
 
     .. math:: FLOPs_{exec} = \sum_{l=1}^{e} \big[\mathrm{layer}(n^{att}_l, n^{ffn}_l)
@@ -212,6 +218,9 @@ def sample_flops(n_att: Sequence[int], n_ffn: Sequence[int], num_fused: Sequence
             no pruning and no exit (e = L) has executed == full, i.e. rho = 1.
         convention: "ours" (default) or "authors": :func:`authors_layer_macs` per layer (MACs, F = 4D
             assumed so ``intermediate`` is ignored), no fusion, no heads, baseline L layers at n_tokens.
+        final_head: the sample ran layer L and was then predicted by a separate final classifier
+            (``MPEEConfig.final_classifier``, the authors' path): one more head on the executed side
+            (our convention with heads counted; counted in the last layer's ``per_layer`` entry).
     Returns:
         :class:`SampleFlops`.
 
@@ -233,9 +242,13 @@ def sample_flops(n_att: Sequence[int], n_ffn: Sequence[int], num_fused: Sequence
     if convention == "authors":
         per_layer = tuple(authors_layer_macs(a_l, f_l, D) for a_l, f_l in zip(a, f))
         return SampleFlops(executed=sum(per_layer), full=L * authors_layer_macs(n, n, D), per_layer=per_layer)
+    if final_head and len(a) != L:
+        raise ValueError(f"final_head=True needs a run through all {L} layers, got {len(a)} executed layers")
     h = head_flops(D, C, head) if count_heads else 0
     per_layer = tuple(eq15_layer_flops(a_l, f_l, D, Fi) + fusion_flops(p_l, D) + h
                       for a_l, f_l, p_l in zip(a, f, p))
+    if final_head:                                   # the final classifier after layer L
+        per_layer = per_layer[:-1] + (per_layer[-1] + h,)
     full = full_model_flops(n, L, D, Fi, C, head, count_heads=count_heads)
     return SampleFlops(executed=sum(per_layer), full=full, per_layer=per_layer)
 
@@ -344,3 +357,78 @@ def authors_sample_flops(exit_layer: int, prune_layers: Sequence[int], keep_rati
     D = _int("hidden", hidden)
     executed = sum(authors_layer_macs(a, f, D) for a, f in zip(att, ffn))
     return executed, operator.index(num_layers) * authors_layer_macs(max_len, max_len, D)
+
+
+# ----------------------------------------------------------------------------- the authors' loop, as it runs
+def authors_code_lengths(exit_layer: int, prune_layers: Sequence[int], keep_ratio: float, num_layers: int,
+                         max_len: int = 128, fused: bool = True) -> tuple[int, ...]:
+    r"""The lengths the authors' code records per executed layer (``left_tokens + 1``).
+
+    On an input padded to ``max_len``: W tokens enter a layer; a non-pruning layer records W; a
+    pruning layer keeps :math:`k = \lceil r (W - 1) \rceil` non-[CLS] tokens and records k + 1
+    ([CLS] and the kept tokens: the fused token is **not** in the record), while the next layer
+    runs on W = k + 2 (k + 1 with ``fused=False``). Nothing depends on the sample's real length.
+
+    Args:
+        exit_layer: e in [1, L].  prune_layers: 1-based pruning layers.  keep_ratio: r, fraction kept.
+        num_layers: L.  max_len: padded length (128).  fused: pruning appends a fused token.
+    Returns:
+        e recorded lengths; at 128, layers 4/7/10, r = 0.7: 128 ×3, 90, 91 ×2, 64, 65 ×2, 46, 47 ×2.
+
+    Deviation: the ceiling of the float product, as the authors' Python; when nothing would be pruned
+    (k = W - 1) their layer returns early and records W, as here.
+    """
+    L = _int("num_layers", num_layers)
+    e = _int("exit_layer", exit_layer)
+    W = _int("max_len", max_len)
+    if e > L:
+        raise ValueError(f"exit_layer ({e}) must be <= num_layers ({L})")
+    layers = _ints("prune_layers", prune_layers, 1)
+    if len(set(layers)) != len(layers) or any(l > L for l in layers):
+        raise ValueError(f"prune_layers must be distinct layers in [1, {L}], got {tuple(layers)}")
+    r = float(keep_ratio)
+    if not 0.0 < r <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1] (the fraction of tokens kept), got {keep_ratio!r}")
+    recorded = []
+    for l in range(1, e + 1):
+        k = math.ceil(r * (W - 1)) if l in layers else W - 1            # left_tokens
+        recorded.append(k + 1)
+        if k < W - 1:
+            W = k + 1 + int(fused)
+    return tuple(recorded)
+
+
+def authors_code_sample_macs(exit_layer: int, prune_layers: Sequence[int], keep_ratio: float,
+                             num_layers: int, hidden: int, max_len: int = 128,
+                             fused: bool = True) -> tuple[int, int]:
+    r"""One sample's (executed, full) exactly as the authors' evaluation loop adds them up (MACs).
+
+    With :math:`a(n) = 2Dn^2 + 4D^2n` (attention), :math:`f(n) = 8D^2n` (FFN) and :math:`n_1..n_e`
+    the recorded lengths of :func:`authors_code_lengths`:
+
+    .. math:: \mathrm{executed} = a(\mathrm{max\_len}) + \sum_{i=1}^{e}
+              \begin{cases} f(n_i) & i = L \\ a(n_i) + f(n_i) & i < L \end{cases}, \qquad
+              \mathrm{full} = L\,[a(\mathrm{max\_len}) + f(\mathrm{max\_len})]
+
+    Step i charges layer i's FFN and, read as the next layer's, an attention block at :math:`n_i`.
+    Three consequences: (1) a sample exiting at e < L is charged one attention block of layer e + 1
+    that never runs; (2) at a pruning layer the FFN is charged at k + 1 tokens while it runs on
+    k + 2 (the fused token), and so is the next layer's attention; (3) from the layer after that,
+    the fused token is counted. Heads and the fusion product are not counted.
+
+    Args:
+        exit_layer: e.  prune_layers, keep_ratio, num_layers, max_len, fused: as in
+            :func:`authors_code_lengths`.  hidden: D.
+    Returns:
+        (executed, full) in MACs.
+
+    Deviation: the authors hard-code the last layer as index 11 (12 layers); here it is L.
+    """
+    rec = authors_code_lengths(exit_layer, prune_layers, keep_ratio, num_layers, max_len, fused)
+    D, L, n0 = _int("hidden", hidden), _int("num_layers", num_layers), _int("max_len", max_len)
+    attention = lambda n: 2 * D * n * n + 4 * D * D * n                  # noqa: E731
+    ffn = lambda n: 8 * D * D * n                                       # noqa: E731
+    executed = attention(n0)                                            # layer 1's attention
+    for i, n in enumerate(rec, start=1):
+        executed += ffn(n) if i == L else attention(n) + ffn(n)         # layer i's FFN (+ layer i+1's attention)
+    return executed, L * (attention(n0) + ffn(n0))

@@ -4,9 +4,11 @@ Three presets:
 
 * :meth:`MPEEConfig.paper` (the default constructor): the paper's equations as printed, with our
   resolution of each ambiguity (docs/INTERPRETATION.md says why).
-* :meth:`MPEEConfig.authors`: the settings of the authors' public code (docs/OFFICIAL_CODE facts):
-  keep 70% at layers 4/7/10 (scaled to depth), raw attention until the first pruning layer,
-  fused-token memory = mean, KL(teacher‖student) with element-wise mean, γ = 0.1, τ = 3.
+* :meth:`MPEEConfig.authors`: the settings of the authors' public code (JunKong5/MPEE; see
+  docs/INTERPRETATION.md): keep 70% at layers 4/7/10 (scaled to depth) counted over inputs padded
+  to 128, raw attention until the first pruning layer, fused-token memory = mean, the memory left in
+  the old token order after pruning, KL(teacher‖student) with element-wise mean, γ = 0.1, τ = 3,
+  and a separate final classifier for exit L.
 * :meth:`MPEEConfig.recipe`: the paper preset with the exit-head recipe that makes shallow heads
   learn on badly conditioned backbones (``head_norm``; a deviation, docs L10).
 
@@ -22,6 +24,7 @@ from typing import Any
 
 ABLATIONS = ("att-memory", "ee-fusion", "ee-memory", "wsd", "layer-ee", "token-ee")
 HEAD_INITS = ("pooler", "fresh")
+_WRITTEN_IF_SET = {"pad_to": None, "memory_alignment": "gather", "final_classifier": False}
 
 
 def scale_layers(layers_of_12: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
@@ -59,6 +62,8 @@ class MPEEConfig:
     fusion: str = "memory"                  # Eq. 8 α_i: "memory" (A_m score), "normalised", or "drop" (w/o EE-fusion)
     fused_memory: str = "sum"               # A_m entry of the fused token: "sum" of the fused scores, or "mean" (authors)
     token_select: str = "top"               # keep the m "top" scores (the method) or the "bottom" m (Fig. 5 control)
+    pad_to: int | None = None               # N of Eq. 7 over padded slots: inputs count as padded to pad_to (authors: 128)
+    memory_alignment: str = "gather"        # A_m after Eq. 8: "gather" (each token keeps its score) or "truncate" (authors)
 
     # -- layer-wise early exit, Eqs. (9)-(10) ---------------------------------------------------
     layer_exit: bool = True                 # "Layer-EE" (Table 2): may a sample leave before layer L?
@@ -69,6 +74,8 @@ class MPEEConfig:
     classifier_dropout: float = 0.1         # dropout before the exit classifier (training only)
     head_norm: bool = False                 # recipe (L10): standardise h_CLS per feature before each head
     head_init: str = "pooler"               # "pooler": copy the backbone pooler into pooler heads (authors); "fresh"
+    final_classifier: bool = False          # authors: BERT pooler + Linear replaces exit L in the loss and predicts
+                                            # samples that never exit; head L still drives layer L's exit test
 
     # -- training objective, Eqs. (11)-(14) ------------------------------------------------------
     use_kd: bool = True                     # "WSD" (Table 2): weighted self-distillation, Eqs. 12-13
@@ -102,6 +109,13 @@ class MPEEConfig:
         check(self.token_select in ("top", "bottom"),
               f"token_select must be 'top' or 'bottom', got {self.token_select!r}")
         check(self.fused_memory in ("sum", "mean"), f"fused_memory must be 'sum' or 'mean', got {self.fused_memory!r}")
+        check(self.pad_to is None or (isinstance(self.pad_to, int) and not isinstance(self.pad_to, bool)
+                                      and self.pad_to >= 2), f"pad_to must be None or an int >= 2, got {self.pad_to!r}")
+        check(self.pad_to is None or self.ratio_base == "current",
+              f"pad_to counts N over the current padded slots; it cannot be combined with "
+              f"ratio_base={self.ratio_base!r}")
+        check(self.memory_alignment in ("gather", "truncate"),
+              f"memory_alignment must be 'gather' or 'truncate', got {self.memory_alignment!r}")
         check(self.threshold >= 0.0, f"threshold (F) must be >= 0, got {self.threshold!r}")
         check(0.0 < self.lam <= 1.0, f"lam (λ, Eq. 10) must be in (0, 1], got {self.lam!r}")
         check(self.head in ("pooler", "tanh"), f"head must be 'pooler' or 'tanh', got {self.head!r}")
@@ -137,7 +151,7 @@ class MPEEConfig:
                     beta=0.5, beta_warmup_layers=layers[0], fused_memory="mean", fusion="memory",
                     lam=0.9, head="pooler", tau=3.0, kd_direction="teacher_student",
                     kd_reduction="mean", detach_teacher_inputs=True, detach_teacher_in_kd=False,
-                    gamma=0.1)
+                    gamma=0.1, pad_to=128, memory_alignment="truncate", final_classifier=True)
         base.update(overrides)
         return cls(**base)
 
@@ -145,12 +159,13 @@ class MPEEConfig:
         """The Table 2 ablation "w/o <component>" of this config.
 
         ``att-memory``: β = 1; ``ee-fusion``: pruned tokens dropped; ``ee-memory``: λ = 1;
-        ``wsd``: no distillation (L = L_CE); ``layer-ee``: no early exit of samples;
-        ``token-ee``: no token pruning.
+        ``wsd``: no distillation, L = Σ_l CE_l (also drops the authors' γ weighting, which exists only
+        to balance CE against KD; with it the loss would need a teacher); ``layer-ee``: no early exit
+        of samples; ``token-ee``: no token pruning.
         """
         key = component.lower().removeprefix("w/o ").strip()
         changes = {"att-memory": dict(attention_memory=False), "ee-fusion": dict(fusion="drop"),
-                   "ee-memory": dict(classifier_memory=False), "wsd": dict(use_kd=False),
+                   "ee-memory": dict(classifier_memory=False), "wsd": dict(use_kd=False, gamma=None),
                    "layer-ee": dict(layer_exit=False), "token-ee": dict(token_exit=False)}
         if key not in changes:
             raise ValueError(f"unknown ablation {component!r}; expected one of {ABLATIONS}")
@@ -180,9 +195,16 @@ class MPEEConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields. The authors'-code switches added later (``_WRITTEN_IF_SET``) are written
+        only when they differ from their default, so the folder of a model that does not use them
+        stays readable by readers that predate them (``mpee_ref.numpy_ref`` refuses keys it does not
+        implement, which is right when they are set)."""
         d = asdict(self)
         if d["prune_layers"] is not None:
             d["prune_layers"] = list(d["prune_layers"])
+        for key, default in _WRITTEN_IF_SET.items():
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod

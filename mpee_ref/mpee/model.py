@@ -13,6 +13,11 @@ and ``flops`` together. One layer l of MPEE, for every sample still running::
     C_zm         = (1-λ) C_zm + λ C_z                 Eq. 10
     exit if  entropy(softmax(C_zm)) < F  or l = L     (exit test, §3.2)
 
+The authors' preset adds three switches (docs/INTERPRETATION.md M6): ``pad_to`` (Eq. 7's N over
+padded slots), ``memory_alignment="truncate"`` (A_m left in the old order after Eq. 8) and
+``final_classifier`` (a sample that fails the test at layer L is predicted by a separate final
+classifier, which also replaces exit L in the loss).
+
 Two entry points:
 
 * :meth:`MPEEModel.forward` (training): every layer runs for every sample, token pruning active,
@@ -36,8 +41,10 @@ from ..encoder import BertEncoder
 from ..encoder.equations import padding_bias
 from ..flops import SampleFlops, eq15_speedup, sample_flops
 from ..layer_exit import ExitHead, eq10_classifier_memory, eq10_probabilities, exit_entropy, should_exit
+from ..layer_exit.equations import eq09_pooled_exit_logits
 from ..losses import LossTerms, WeightedTeacher, mpee_loss
-from ..token_exit import all_token_attention, eq05_class_attention, eq06_attention_memory, prune_tokens
+from ..token_exit import (all_token_attention, eq05_class_attention, eq06_attention_memory, eq07_num_kept,
+                          padded_widths, prune_tokens)
 from .config import MPEEConfig
 
 #: Position codes in traces: real tokens have their input position ([CLS] is 0); the EE-fusion token
@@ -55,12 +62,15 @@ class TrainOutput:
         memories: ``(L, B, C)`` classifier memories C_zm^l (Eq. 10); the loss and the exit test use these.
         tokens: ``(L, B)`` tokens entering each layer's FFN (after Eq. 8), per sample.
         loss: the loss terms (Eqs. 11-14) when labels were given.
+        final_logits: ``(B, C)`` the final classifier's raw logits with ``final_classifier=True``
+            (they replace ``memories[L-1]`` in the loss, as in the authors' code), else None.
     """
 
     logits: Tensor
     memories: Tensor
     tokens: Tensor
     loss: LossTerms | None = None
+    final_logits: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,10 @@ class MPEEModel(nn.Module):
                      mpee_config.classifier_dropout, norm=mpee_config.head_norm)
             for _ in range(bert_config.num_hidden_layers))
         self.teacher = WeightedTeacher(mpee_config.num_labels)
+        if mpee_config.final_classifier:   # authors: BertForSequenceClassification's head on bert.pooler
+            self.classifier = nn.Linear(bert_config.hidden_size, mpee_config.num_labels)
+            nn.init.normal_(self.classifier.weight, mean=0.0, std=0.02)
+            nn.init.zeros_(self.classifier.bias)
         self.tokenizer: Any = None                                      # set by load_mpee
 
     def init_heads_from_pooler(self) -> None:
@@ -203,10 +217,45 @@ class MPEEModel(nn.Module):
         att_mem = eq06_attention_memory(att_mem, a, cfg.beta_at(l))                  # (B, T-1)
         if l not in prune_at:
             return z, mask, att_mem, None
+        counts = self._prune_counts(cfg, l, n_base)
+        if counts is None:                       # the padded slots prune nothing here (m >= W_l - 1)
+            return z, mask, att_mem, None
+        n_base_l, mean_count = counts
         res = prune_tokens(z, mask, att_mem, cfg.r_ee, r_ee_means=cfg.r_ee_means, fusion=cfg.fusion,
-                           fused_memory=cfg.fused_memory, select=cfg.token_select,
-                           n_base=n_base if cfg.ratio_base == "original" else None)
+                           fused_memory=cfg.fused_memory, select=cfg.token_select, n_base=n_base_l,
+                           memory_alignment=cfg.memory_alignment, fused_mean_count=mean_count)
         return res.hidden, res.attention_mask, res.memory, res                      # (B, T', D) ...
+
+    def _prune_counts(self, cfg: MPEEConfig, l: int, n_base: Tensor) -> tuple[Tensor | None, Tensor | None] | None:
+        """Eq. 7's N at pruning layer l: (n_base for prune_tokens, count the fused "mean" divides by).
+
+        Real lengths (``pad_to=None``): the current N, or the original length with
+        ``ratio_base="original"``. Padding regime (``pad_to``, the authors): N = W_l - 1 over the
+        padded slots of :func:`padded_widths`, and the fused memory is a mean over the W_l - 1 - m
+        slots that exit there; None when those slots prune nothing.
+        """
+        if cfg.pad_to is None:
+            return (n_base if cfg.ratio_base == "original" else None), None
+        L = self.bert_config.num_hidden_layers
+        W = padded_widths(cfg.pad_to, cfg.prune_layer_set(L), L, cfg.r_ee, cfg.r_ee_means,
+                          fused=cfg.fusion != "drop")[l - 1]
+        m = int(eq07_num_kept(torch.tensor([W - 1]), cfg.r_ee, cfg.r_ee_means)[0])
+        if m >= W - 1:
+            return None
+        full = torch.full_like(n_base, W - 1)                                       # (B,)
+        return full, torch.full_like(n_base, W - 1 - m)
+
+    def _final_logits(self, h: Tensor) -> Tensor:
+        """The authors' final classifier: Linear(Dropout(tanh(bert.pooler(h[:, 0])))), raw logits (B, C)."""
+        return eq09_pooled_exit_logits(h[:, 0], self.bert.pooler.dense.weight, self.bert.pooler.dense.bias,
+                                       self.classifier.weight, self.classifier.bias,
+                                       dropout_p=self.mpee_config.classifier_dropout, training=self.training)
+
+    @staticmethod
+    def _check_pad_to(cfg: MPEEConfig, mask: Tensor) -> None:
+        if cfg.pad_to is not None and int(mask.sum(1).max()) > cfg.pad_to:
+            raise ValueError(f"an input has {int(mask.sum(1).max())} tokens, more than pad_to={cfg.pad_to} "
+                             f"(the padding regime counts Eq. 7 over pad_to slots); truncate the inputs")
 
     def _check(self, input_ids: Tensor, attention_mask: Tensor | None,
                token_type_ids: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -227,12 +276,14 @@ class MPEEModel(nn.Module):
         """All L layers for every sample, token pruning active; Eqs. 11-14 when ``labels`` is given.
 
         ``config`` replaces :attr:`mpee_config` for this call (e.g. ``token_exit=False`` for the
-        per-layer diagnostic); ``num_labels``, ``head`` and ``head_norm`` must match the trained heads."""
+        per-layer diagnostic); ``num_labels``, ``head``, ``head_norm`` and ``final_classifier`` must match
+        the trained heads."""
         cfg, L = config or self.mpee_config, self.bert_config.num_hidden_layers
-        for key in ("num_labels", "head", "head_norm"):
+        for key in ("num_labels", "head", "head_norm", "final_classifier"):
             if getattr(cfg, key) != getattr(self.mpee_config, key):
                 raise ValueError(f"config.{key} must match the model's ({getattr(self.mpee_config, key)!r})")
         input_ids, mask, token_type_ids = self._check(input_ids, attention_mask, token_type_ids)
+        self._check_pad_to(cfg, mask)
         prune_at = cfg.prune_layer_set(L)
         n_base = mask.sum(1) - 1                                                     # (B,) non-CLS tokens
         h = self.bert.embeddings(input_ids, token_type_ids)                          # (B, T, D)
@@ -247,6 +298,9 @@ class MPEEModel(nn.Module):
             memories.append(cls_mem)
             tokens.append(mask.sum(1))
         memories_t = torch.stack(memories)                                           # (L, B, C)
+        final = self._final_logits(h) if cfg.final_classifier else None              # (B, C)
+        # authors: the final classifier's raw logits take exit L's place in the loss (head L gets no gradient)
+        loss_in = memories_t if final is None else torch.cat([memories_t[:-1], final[None]])   # (L, B, C)
         loss = None
         if labels is not None:
             if labels.shape != (input_ids.shape[0],):
@@ -254,12 +308,12 @@ class MPEEModel(nn.Module):
             if int(labels.min()) < 0 or int(labels.max()) >= cfg.num_labels:
                 raise ValueError(f"labels must be in [0, {cfg.num_labels}), got min {int(labels.min())}, "
                                  f"max {int(labels.max())}")
-            loss = mpee_loss(memories_t, labels, self.teacher if cfg.use_kd else None, tau=cfg.tau,
+            loss = mpee_loss(loss_in, labels, self.teacher if cfg.use_kd else None, tau=cfg.tau,
                              use_kd=cfg.use_kd, kd_direction=cfg.kd_direction,
                              kd_reduction=cfg.kd_reduction, detach_teacher_inputs=cfg.detach_teacher_inputs,
                              detach_teacher_in_kd=cfg.detach_teacher_in_kd, gamma=cfg.gamma)
         return TrainOutput(logits=torch.stack(logits), memories=memories_t, tokens=torch.stack(tokens),
-                           loss=loss)
+                           loss=loss, final_logits=final)
 
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
@@ -281,7 +335,7 @@ class MPEEModel(nn.Module):
             overrides["threshold"] = threshold
         if r_ee is not None:
             overrides["r_ee"] = r_ee
-        for key in ("num_labels", "head", "head_norm"):
+        for key in ("num_labels", "head", "head_norm", "final_classifier"):
             if key in overrides and overrides[key] != getattr(self.mpee_config, key):
                 raise ValueError(f"{key} is fixed by the trained heads; it cannot be overridden at inference")
         cfg = replace(self.mpee_config, **overrides) if overrides else self.mpee_config
@@ -315,6 +369,8 @@ class MPEEModel(nn.Module):
     def _infer(self, cfg: MPEEConfig, input_ids: Tensor, mask: Tensor, token_type_ids: Tensor) -> InferenceOutput:
         L, bc = self.bert_config.num_hidden_layers, self.bert_config
         B = input_ids.shape[0]
+        self._check_pad_to(cfg, mask)
+        final_used = [False] * B
         prune_at = cfg.prune_layer_set(L)
         lengths = mask.sum(1)                                                        # (B,)
         n_base = lengths - 1                                                         # (B,)
@@ -354,6 +410,12 @@ class MPEEModel(nn.Module):
                 leave = torch.zeros_like(ent, dtype=torch.bool)
             n_ffn = mask.sum(1).tolist()
             probs = eq10_probabilities(cls_mem)                                      # (B_a, C)
+            if l == L and cfg.final_classifier:
+                # authors: head L's memory passed the test -> it predicts; otherwise the final classifier
+                passed = should_exit(ent, cfg.threshold) if cfg.layer_exit else torch.zeros_like(leave)  # (B_a,)
+                probs = torch.where(passed[:, None], probs, torch.softmax(self._final_logits(h), dim=-1))
+                for i, b in enumerate(active.tolist()):
+                    final_used[b] = not bool(passed[i])
             ent_l, leave_l = ent.tolist(), leave.tolist()
             for i, b in enumerate(active.tolist()):
                 traces[b].append(LayerTrace(
@@ -382,7 +444,8 @@ class MPEEModel(nn.Module):
             exit_layer, p = done[b]
             tr = traces[b]
             fl = sample_flops([t.n_att for t in tr], [t.n_ffn for t in tr], n_fused[b], int(lengths[b]), L,
-                              bc.hidden_size, bc.intermediate_size, cfg.num_labels, cfg.head)
+                              bc.hidden_size, bc.intermediate_size, cfg.num_labels, cfg.head,
+                              final_head=final_used[b])
             samples.append(SampleResult(
                 prediction=max(range(len(p)), key=lambda c: (p[c], -c)), probabilities=p,
                 exit_layer=exit_layer, layers=tuple(tr), flops=fl,

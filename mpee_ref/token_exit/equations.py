@@ -28,6 +28,7 @@ interpretation of the printed text is listed in ``docs/interpretation/token_exit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -37,6 +38,7 @@ from torch import Tensor
 R_EE_MEANINGS = ("exit", "keep")
 FUSIONS = ("memory", "normalised", "drop")
 FUSED_MEMORIES = ("sum", "mean")
+MEMORY_ALIGNMENTS = ("gather", "truncate")
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -294,7 +296,8 @@ class PruneResult:
 
 def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: float, *,
                  r_ee_means: str = "exit", fusion: str = "memory", fused_memory: str = "sum",
-                 n_base: Tensor | None = None, select: str = "top") -> PruneResult:
+                 n_base: Tensor | None = None, select: str = "top", memory_alignment: str = "gather",
+                 fused_mean_count: Tensor | None = None) -> PruneResult:
     r"""Eqs. (7)-(8), §3.1: keep the m best tokens, fuse the p = N − m others, splice.
 
     .. math::
@@ -314,13 +317,23 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
             original sequence length) and clipped to N.
         select: ``"top"`` keeps the m highest-scoring tokens (the method); ``"bottom"`` keeps the m
             lowest (the paper's Fig. 5 control experiment). Ties go to the lower position either way.
+        memory_alignment: ``"gather"`` (default): kept tokens in position order, each with its own
+            memory entry. ``"truncate"`` (the authors' code): kept tokens in selection-score order
+            (ties: lower position first), and the memory is *not* moved with them: output slot j < m
+            keeps the input's memory entry j, the fused token's slot gets its own entry. Under
+            ``"truncate"`` the kept tokens are reordered even where nothing exits.
+        fused_mean_count: ``(B,)`` integer or None: with ``fused_memory="mean"``, divide the fused
+            scores' sum by this count instead of p (the authors average over every slot that exits in
+            their padded sequence, padding slots with score 0 included).
     Returns:
         :class:`PruneResult`. T' = 1 + max_b(m_b + [sample b has a fused token]). If no sample
-        prunes any token (e.g. r_ee = 0) the inputs are returned as they are (same length T).
+        prunes any token (e.g. r_ee = 0) and ``memory_alignment="gather"``, the inputs are returned
+        as they are (same length T).
 
-    Deviation: kept tokens stay in position order (the authors keep score order; without
-    re-added position embeddings the order changes nothing downstream). A sample with p = 0
-    gets no fused token. The kept tokens' memory is gathered with them (the authors truncate it).
+    Deviation: by default kept tokens stay in position order (the authors keep score order; without
+    re-added position embeddings the order changes nothing downstream except which memory entry sits
+    next to which token) and the kept tokens' memory is gathered with them (the authors truncate it;
+    ``memory_alignment="truncate"``). A sample with p = 0 gets no fused token.
     """
     if not isinstance(hidden, Tensor) or hidden.dim() != 3 or hidden.shape[1] < 1:
         raise ValueError(f"hidden must be (B, T, D) with T >= 1, got shape {_shape(hidden)}")
@@ -339,6 +352,8 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
         raise ValueError(f"fused_memory must be one of {FUSED_MEMORIES}, got {fused_memory!r}")
     if select not in ("top", "bottom"):
         raise ValueError(f"select must be 'top' or 'bottom', got {select!r}")
+    if memory_alignment not in MEMORY_ALIGNMENTS:
+        raise ValueError(f"memory_alignment must be one of {MEMORY_ALIGNMENTS}, got {memory_alignment!r}")
     valid = attention_mask[:, 1:] != 0                                         # (B, N)
     n = valid.sum(dim=1)                                                       # (B,) N per sample
     if n_base is None:
@@ -351,12 +366,14 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
     p = n - m                                                                  # (B,)
     arange_n = torch.arange(N, device=hidden.device)                           # (N,)
 
-    if not bool((p > 0).any()):                 # nothing exits (m = N everywhere): no sort needed
+    truncate = memory_alignment == "truncate"
+    if not truncate and not bool((p > 0).any()):  # nothing exits (m = N everywhere): no sort needed
         return PruneResult(
             hidden=hidden, attention_mask=attention_mask, memory=memory,
             source_index=torch.where(valid, arange_n[None, :], torch.full_like(valid, -2, dtype=torch.long)),
             kept=valid.clone(), fused=torch.zeros_like(valid), alpha=torch.zeros_like(memory), num_kept=m)
-    keep = eq07_top_m(memory if select == "top" else -memory, valid, m)        # (B, N)
+    select_score = memory if select == "top" else -memory                     # (B, N)
+    keep = eq07_top_m(select_score, valid, m)                                  # (B, N)
     exited = valid & ~keep                                                     # (B, N): p tokens
 
     # ---- α_i and h_eef (Eq. 8, first line)
@@ -373,12 +390,21 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
              else hidden.new_zeros(B, D))                                      # (B, D)
     mem_eef = score.sum(dim=1)                                                 # (B,) Σ exited scores
     if fused_memory == "mean":
-        mem_eef = mem_eef / p.clamp_min(1).to(mem_eef.dtype)                   # (B,)
+        count = p if fused_mean_count is None else fused_mean_count.to(p.device)  # (B,)
+        if fused_mean_count is not None:
+            _check_counts(fused_mean_count, "fused_mean_count")
+            if fused_mean_count.shape[0] != B:
+                raise ValueError(f"fused_mean_count must have shape ({B},), got {tuple(fused_mean_count.shape)}")
+        mem_eef = mem_eef / count.clamp_min(1).to(mem_eef.dtype)               # (B,)
 
     # ---- Z~_l = Concat[h_CLS; h_in; h_eef] + right padding (Eq. 8, second line)
     length = m + has_fused.long()                                              # (B,) non-CLS tokens left
     t_out = int(length.max())                                                  # T' - 1
-    kept_first = torch.where(keep, arange_n, arange_n + N).argsort(dim=1)      # (B, N) kept, in position order
+    if truncate:   # kept tokens by selection score, best first (ties: lower position), then the rest
+        s_sel = torch.where(keep, select_score.detach(), torch.full_like(select_score, -math.inf))
+        kept_first = torch.sort(s_sel, dim=1, descending=True, stable=True).indices   # (B, N)
+    else:
+        kept_first = torch.where(keep, arange_n, arange_n + N).argsort(dim=1)  # (B, N) kept, in position order
     j = torch.arange(t_out, device=hidden.device)[None, :]                     # (1, T'-1)
     m_col, fused_col = m[:, None], has_fused[:, None]                          # (B, 1)
     # index into the extended axis [h_1..h_N, h_eef, 0]: i < N kept token, N fused, N + 1 padding
@@ -387,15 +413,57 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
     ext_h = torch.cat([hidden[:, 1:], h_eef[:, None], hidden.new_zeros(B, 1, D)], dim=1)   # (B, N+2, D)
     tokens = ext_h.gather(1, src[..., None].expand(B, t_out, D))               # (B, T'-1, D)
     ext_m = torch.cat([memory, mem_eef[:, None].to(memory.dtype), memory.new_zeros(B, 1)], dim=1)  # (B, N+2)
+    # truncate: slot j < m keeps the input's entry j (not its token's), as the authors' code does
+    mem_src = torch.where(j < m_col, j.expand(B, t_out), src) if truncate else src   # (B, T'-1)
     new_mask = torch.arange(t_out + 1, device=hidden.device)[None, :] < (1 + length)[:, None]    # (B, T')
     return PruneResult(
         hidden=torch.cat([hidden[:, :1], tokens], dim=1),                      # (B, T', D)
         attention_mask=new_mask.to(attention_mask.dtype),                      # (B, T')
-        memory=ext_m.gather(1, src),                                           # (B, T'-1)
+        memory=ext_m.gather(1, mem_src),                                       # (B, T'-1)
         source_index=torch.where(src < N, src, torch.where(src == N, -1, -2)), # (B, T'-1)
         kept=keep, fused=exited, alpha=alpha, num_kept=m)
 
 
+# ----------------------------------------------------------------------------- Eq. (7) over padded slots
+def padded_widths(pad_to: int, prune_layers: tuple[int, ...], num_layers: int, r_ee: float,
+                  r_ee_means: str = "exit", fused: bool = True) -> tuple[int, ...]:
+    r"""Eq. (7) in the authors' padding regime: the padded width :math:`W_l` entering each layer.
+
+    The authors pad every input to ``pad_to`` (128) slots and apply Eq. (7) to the slots, padding
+    included: at a pruning layer :math:`m = \lceil r (W_l - 1) \rceil` non-[CLS] slots are kept
+    (r the kept fraction) and one fused slot is appended, so :math:`W_{l+1} = m + 2`
+    (:math:`m + 1` without fusion); elsewhere :math:`W_{l+1} = W_l`. A sample with n real tokens keeps
+    all of them while :math:`n - 1 \le m` (only padding exits); ``prune_tokens(..., n_base=W_l - 1)``
+    reproduces that on the unpadded sample (m is clipped to its real N).
+
+    Args:
+        pad_to: the padded length (authors: 128), >= 2.  prune_layers: 1-based pruning layers.
+        num_layers: L.  r_ee, r_ee_means: as in :func:`eq07_num_kept`.
+        fused: whether a pruning layer appends a fused token (False: the "w/o EE-fusion" ablation).
+    Returns:
+        ``(W_1, ..., W_L)``: for 128 slots, layers 4/7/10 and 70% kept: 128 (layers 1-4), 91 (5-7),
+        65 (8-10), 47 (11-12).
+
+    Deviation: m is the exact ceiling of :func:`eq07_num_kept`; the authors take the ceiling of a
+    float product, which agrees at every width reached from 128 with r = 0.7 (tested). A pruning
+    layer where :math:`m \ge W_l - 1` changes nothing (the authors' code then loses its memory).
+    """
+    if isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 2:
+        raise ValueError(f"pad_to must be an int >= 2, got {pad_to!r}")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
+    if any(not 1 <= l <= num_layers for l in prune_layers):
+        raise ValueError(f"prune_layers must be in [1, {num_layers}], got {tuple(prune_layers)}")
+    widths, W = [], pad_to
+    for l in range(1, num_layers + 1):
+        widths.append(W)
+        if l in prune_layers:
+            m = int(eq07_num_kept(torch.tensor([W - 1]), r_ee, r_ee_means)[0])
+            if m < W - 1:
+                W = m + 1 + int(fused)                                         # [CLS] + kept (+ fused)
+    return tuple(widths)
+
+
 __all__ = ["eq05_class_attention", "all_token_attention", "eq06_attention_memory", "eq07_num_kept",
-           "eq07_top_m", "eq08_fuse", "PruneResult", "prune_tokens",
-           "R_EE_MEANINGS", "FUSIONS", "FUSED_MEMORIES"]
+           "eq07_top_m", "eq08_fuse", "PruneResult", "prune_tokens", "padded_widths",
+           "R_EE_MEANINGS", "FUSIONS", "FUSED_MEMORIES", "MEMORY_ALIGNMENTS"]
