@@ -133,3 +133,13 @@ def test_port_matches_torch_mpee_on_minilm(minilm_dir, tmp_path):
         cap = gen._capture_one(model, batch["input_ids"][b, :n], batch["token_type_ids"][b, :n], threshold)
         for l, (t, h) in enumerate(zip(g.layers, cap["hidden"]), start=1):
             np.testing.assert_allclose(t.hidden, h.numpy(), atol=HIDDEN_ATOL, rtol=0, err_msg=f"sample {b} layer {l}")
+
+
+def test_port_defaults_are_mpeeconfig_defaults_and_unported_switches_are_refused():
+    from mpee_ref.mpee import MPEEConfig
+    from mpee_ref.numpy_ref.model import MPEE_DEFAULTS, NOT_PORTED, MPEENumpy
+    assert MPEE_DEFAULTS == MPEEConfig().to_dict()
+    for key in NOT_PORTED:
+        other = MPEEConfig.authors(num_layers=6).to_dict()[key] if key != "head_norm" else True
+        with pytest.raises(ValueError, match=f"{key}=.* is not ported"):
+            MPEENumpy({}, {key: other}, {})

@@ -24,7 +24,6 @@ from typing import Any
 
 ABLATIONS = ("att-memory", "ee-fusion", "ee-memory", "wsd", "layer-ee", "token-ee")
 HEAD_INITS = ("pooler", "fresh")
-_WRITTEN_IF_SET = {"pad_to": None, "memory_alignment": "gather", "final_classifier": False}
 
 
 def scale_layers(layers_of_12: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
@@ -195,16 +194,10 @@ class MPEEConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields. The authors'-code switches added later (``_WRITTEN_IF_SET``) are written
-        only when they differ from their default, so the folder of a model that does not use them
-        stays readable by readers that predate them (``mpee_ref.numpy_ref`` refuses keys it does not
-        implement, which is right when they are set)."""
+        """Every field, JSON-ready."""
         d = asdict(self)
         if d["prune_layers"] is not None:
             d["prune_layers"] = list(d["prune_layers"])
-        for key, default in _WRITTEN_IF_SET.items():
-            if d[key] == default:
-                del d[key]
         return d
 
     @classmethod

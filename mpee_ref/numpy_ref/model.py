@@ -38,7 +38,11 @@ MPEE_DEFAULTS: dict[str, Any] = dict(
     fused_memory="sum", token_select="top", layer_exit=True, threshold=0.3, lam=0.9, classifier_memory=True,
     head="pooler", classifier_dropout=0.1, head_norm=False, head_init="pooler", use_kd=True, tau=3.0,
     kd_direction="student_teacher", kd_reduction="batchmean", detach_teacher_inputs=True,
-    detach_teacher_in_kd=False, gamma=None)
+    detach_teacher_in_kd=False, gamma=None, pad_to=None, memory_alignment="gather", final_classifier=False)
+#: Switches of MPEEConfig the port does not implement: only their default value is accepted.
+NOT_PORTED = {"head_norm": "fold the standardisation into the heads first (MPEEModel.fold_head_norms) and save",
+              "pad_to": "the authors' padding regime", "memory_alignment": "the authors' truncated memory",
+              "final_classifier": "the authors' final-classifier path"}
 
 
 def scale_layers(layers_of_12: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
@@ -176,9 +180,10 @@ class MPEENumpy:
         if unknown:
             raise ValueError(f"mpee_config: unknown keys {unknown}")
         self.cfg = {**MPEE_DEFAULTS, **mpee_config}
-        if self.cfg["head_norm"]:
-            raise ValueError("mpee_config: head_norm=True is not ported; fold the standardisation into the heads "
-                             "first (mpee_ref.layer_exit.ExitHead.folded) and save with head_norm=False")
+        for key, what in NOT_PORTED.items():
+            if self.cfg[key] != MPEE_DEFAULTS[key]:
+                raise ValueError(f"mpee_config: {key}={self.cfg[key]!r} is not ported ({what}); the port runs "
+                                 f"{key}={MPEE_DEFAULTS[key]!r} only")
         self.bert = BertNumpy(bert_config, state, prefix="bert.", dtype=dtype)
         self.dtype = self.bert.dtype
         L, f = self.bert.num_layers, (lambda k: np.asarray(state[k], dtype=self.dtype))
