@@ -10,7 +10,7 @@ at batch size 1 (one sentence at a time, as the paper) and batched, and prints
 (target at batch 1: wall ≥ 0.8 ρ). Both are ratios measured in the same run, so machine noise
 largely cancels; each timing is the median over ``--reps`` interleaved repetitions.
 
-    python tools/bench_mpee.py --model weights/minilm-l6 --texts ../shared/data/glue/SST-2/dev.tsv
+    python tools/bench_mpee.py --model weights/minilm-l6 --texts $GLUE_DIR/SST-2/dev.tsv
 """
 
 from __future__ import annotations
