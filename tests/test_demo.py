@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from mpee_ref.__main__ import main
 from mpee_ref.experiments.demo import DEFAULT_MODEL
@@ -19,16 +20,37 @@ def test_committed_demo_model_is_small_and_loads():
 
 
 def test_demo_prints_a_layer_by_layer_trace(capsys):
-    assert main(["demo", "a gorgeous , witty , seductive movie .", "-F", "0.6", "--r-ee", "0.5",
-                 "--threads", "1"]) == 0
+    # the built-in examples at the model's default operating point (F 0.5, R_ee 0.5): one sentence
+    # leaves at layer 1 (the paper's "exit immediately at the first layer"), another prunes and fuses tokens
+    assert main(["demo", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    rows = re.findall(r"^\s+(\d)\s+(\d+)→(\d+)\s+([\d.]+)\s+([<≥]) F\s+(EXIT|continue)$", out, re.M)
-    assert rows, out
-    assert [int(r[0]) for r in rows] == list(range(1, len(rows) + 1))        # layers 1..exit
-    assert rows[-1][5] == "EXIT" and all(r[5] == "continue" for r in rows[:-1])
-    assert all((float(r[3]) < 0.6) == (r[4] == "<") for r in rows)          # entropy vs F shown right
+    blocks = out.split('\n"')[1:]                                           # one block per sentence
+    assert len(blocks) == 4
+    exits = []
+    for block in blocks:
+        rows = re.findall(r"^\s+(\d)\s+(\d+)→(\d+)\s+([\d.]+)\s+([<≥]) F\s+(EXIT|continue)$", block, re.M)
+        assert rows, block
+        assert [int(r[0]) for r in rows] == list(range(1, len(rows) + 1))    # layers 1..exit
+        assert rows[-1][5] == "EXIT" and all(r[5] == "continue" for r in rows[:-1])
+        assert all((float(r[3]) < 0.5) == (r[4] == "<") for r in rows[:-1])  # entropy vs F shown right
+        assert re.search(r"→ (positive|negative) at layer \d/6", block) and re.search(r"ρ = [\d.]+×", block)
+        exits.append(len(rows))
+    assert 1 in exits and max(exits) > 2
     assert "fused into <fused@2>" in out and "kept: [CLS]" in out
-    assert re.search(r"→ positive at layer \d/6", out) and re.search(r"ρ = [\d.]+×", out)
+
+
+def test_committed_demo_model_heads_are_alive_at_every_layer():
+    # the shallow heads of the first demo model were constant (every sentence "positive" at layers 1-3);
+    # with exits off, each layer's classifier memory must separate these sentences
+    model = load_mpee(DEFAULT_MODEL)
+    texts = ["a gorgeous , witty , seductive movie .", "an utterly incompetent conclusion .",
+             "a masterpiece of warmth and wit .", "dull , lifeless and badly acted .",
+             "one of the best films of the year .", "the worst movie i have seen in ages ."]
+    enc = model.tokenizer(texts)
+    out = model(enc.input_ids, enc.attention_mask, enc.token_type_ids,
+                config=replace(model.mpee_config, token_exit=False))
+    for l, memory in enumerate(out.memories, start=1):                      # (B, C) per layer
+        assert memory.argmax(-1).tolist() == [1, 0, 1, 0, 1, 0], f"layer {l}"
 
 
 def test_demo_missing_model_is_one_clear_error(tmp_path, capsys):
