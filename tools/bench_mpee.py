@@ -26,7 +26,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mpee_ref.encoder.equations import attention_mask_bias  # noqa: E402
 from mpee_ref.mpee import load_mpee  # noqa: E402
 
 

@@ -299,6 +299,22 @@ def authors_layer_macs(n_att: int, n_ffn: int, hidden: int) -> int:
     return 2 * D * n_att * n_att + 4 * D * D * n_att + 8 * D * D * n_ffn
 
 
+def _authors_args(exit_layer: int, prune_layers: Sequence[int], keep_ratio: float, num_layers: int,
+                  max_len: int) -> tuple[int, int, list[int], float]:
+    """Checked (e, max_len, prune layers, keep ratio) of the authors' per-layer length functions."""
+    L = _int("num_layers", num_layers)
+    e = _int("exit_layer", exit_layer)
+    if e > L:
+        raise ValueError(f"exit_layer ({e}) must be <= num_layers ({L})")
+    layers = _ints("prune_layers", prune_layers, 1)
+    if len(set(layers)) != len(layers) or any(l > L for l in layers):
+        raise ValueError(f"prune_layers must be distinct layers in [1, {L}], got {tuple(layers)}")
+    r = float(keep_ratio)
+    if not 0.0 < r <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1] (the fraction of tokens kept), got {keep_ratio!r}")
+    return e, _int("max_len", max_len), list(layers), r
+
+
 def authors_padded_lengths(exit_layer: int, prune_layers: Sequence[int], keep_ratio: float,
                            num_layers: int, max_len: int = 128) -> tuple[tuple[int, ...], tuple[int, ...]]:
     r"""Token counts (n_att, n_ffn) per executed layer that the authors' code runs on a padded input.
@@ -317,17 +333,7 @@ def authors_padded_lengths(exit_layer: int, prune_layers: Sequence[int], keep_ra
     r = 1) we add no fused token, so N never grows; at max_len = 128 and r = 0.7 this never happens.
     The ceiling is taken of the float product, as the authors' Python does.
     """
-    L = _int("num_layers", num_layers)
-    e = _int("exit_layer", exit_layer)
-    N = _int("max_len", max_len)
-    if e > L:
-        raise ValueError(f"exit_layer ({e}) must be <= num_layers ({L})")
-    layers = _ints("prune_layers", prune_layers, 1)
-    if len(set(layers)) != len(layers) or any(l > L for l in layers):
-        raise ValueError(f"prune_layers must be distinct layers in [1, {L}], got {tuple(layers)}")
-    r = float(keep_ratio)
-    if not 0.0 < r <= 1.0:
-        raise ValueError(f"keep_ratio must be in (0, 1] (the fraction of tokens kept), got {keep_ratio!r}")
+    e, N, layers, r = _authors_args(exit_layer, prune_layers, keep_ratio, num_layers, max_len)
     att, ffn = [], []
     for l in range(1, e + 1):
         att.append(N)
@@ -378,17 +384,7 @@ def authors_code_lengths(exit_layer: int, prune_layers: Sequence[int], keep_rati
     Deviation: the ceiling of the float product, as the authors' Python; when nothing would be pruned
     (k = W - 1) their layer returns early and records W, as here.
     """
-    L = _int("num_layers", num_layers)
-    e = _int("exit_layer", exit_layer)
-    W = _int("max_len", max_len)
-    if e > L:
-        raise ValueError(f"exit_layer ({e}) must be <= num_layers ({L})")
-    layers = _ints("prune_layers", prune_layers, 1)
-    if len(set(layers)) != len(layers) or any(l > L for l in layers):
-        raise ValueError(f"prune_layers must be distinct layers in [1, {L}], got {tuple(layers)}")
-    r = float(keep_ratio)
-    if not 0.0 < r <= 1.0:
-        raise ValueError(f"keep_ratio must be in (0, 1] (the fraction of tokens kept), got {keep_ratio!r}")
+    e, W, layers, r = _authors_args(exit_layer, prune_layers, keep_ratio, num_layers, max_len)
     recorded = []
     for l in range(1, e + 1):
         k = math.ceil(r * (W - 1)) if l in layers else W - 1            # left_tokens
