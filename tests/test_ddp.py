@@ -56,7 +56,8 @@ def test_ddp_two_processes_equal_one_process_with_double_batch(tmp_path):
 
     # rank 0 alone wrote: one checkpoint (step 1; step 2 is the last step), one log, one summary
     ddp = tmp_path / "ddp"
-    assert sorted(p.name for p in ddp.iterdir()) == ["checkpoint-1", "final", "log.jsonl", "train_summary.json"]
+    assert sorted(p.name for p in ddp.iterdir()) == [".lock", "checkpoint-1", "final", "log.jsonl", "run.json",
+                                                     "train_summary.json"]
     log = [json.loads(line) for line in (ddp / "log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in log].count("start") == 1 and log[0]["world_size"] == 2
     summary = json.loads((ddp / "train_summary.json").read_text())

@@ -207,7 +207,8 @@ def test_checkpoint_write_is_atomic(tiny, tmp_path, monkeypatch):
     model = load_mpee(tiny["enc"], seed=1)
     out = tmp_path / "ck"
     out.mkdir()
-    state = {"format": "mpee_ref-train-state-1", "step": 1, "rng_cpu": [torch.get_rng_state()]}
+    state = {"format": "mpee_ref-train-state-1", "step": 1, "world_size": 1, "optimizer": {}, "scheduler": {},
+             "rng_cpu": [torch.get_rng_state()], "args": "{}"}
     first = save_checkpoint(out, model, state)
     before = _weights(first)
 
