@@ -183,7 +183,7 @@ def read_tokenizer_options(folder: str | Path) -> dict[str, Any]:
             continue
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{p}: not valid JSON ({e})") from None
         for key in opts:
             if isinstance(d, dict) and key in d:
