@@ -221,11 +221,12 @@ def clean_temporaries(out: Path) -> list[str]:
 
 def resume_point(out: Path) -> Path:
     """The newest checkpoint to resume from; ``ValueError`` saying why there is none."""
+    if (out / "final").exists() or (out / "train_summary.json").exists():
+        raise ValueError(f"--resume: {out} holds a finished run (final/); nothing to resume (pass --overwrite "
+                         f"without --resume to train it again)")
     ckpts = checkpoints(out)
     if ckpts:
         return ckpts[-1][1]
-    if (out / "final").exists() or (out / "train_summary.json").exists():
-        raise ValueError(f"--resume: {out} holds a finished run (final/) and no checkpoint; nothing to resume")
     raise ValueError(f"--resume: no checkpoint under {out}; nothing to resume (start the run without --resume)")
 
 

@@ -73,14 +73,18 @@ def atomic_folder(dst: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``dst``; on success it replaces ``dst`` whole.
 
     On any exception (disk full, Ctrl-C) the temporary folder is removed and ``dst`` is untouched.
-    The folder gets the usual permissions (``0777 & ~umask``), not ``mkdtemp``'s 0700.
+    The folder and its files get the usual permissions (``0777``/``0666 & ~umask``), not the 0700/0600
+    that ``mkdtemp`` and safetensors give.
     """
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        mask = _umask()
+        for p in tmp.rglob("*"):                    # safetensors and mkdtemp create 0600/0700 entries
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
         replace_folder(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
