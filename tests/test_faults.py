@@ -25,7 +25,8 @@ import mpee_ref.io.atomic as atomic_mod
 import mpee_ref.mpee.checkpoint as mpee_ckpt
 from mpee_ref.__main__ import main
 from mpee_ref.experiments import TrainArgs, latest_checkpoint, save_checkpoint, train_model
-from mpee_ref.experiments.runs import RunLock, finite_json
+from mpee_ref.experiments.runs import (RunLock, check_resume, finite_json, identity_diff, model_fingerprint,
+                                      run_identity)
 from mpee_ref.experiments.train import load_train_state
 from mpee_ref.io import convert_checkpoint, load_encoder, load_tokenizer
 from mpee_ref.io.checkpoint import _skip_init
@@ -344,7 +345,7 @@ def test_damaged_train_state_is_one_line_naming_the_file(tiny, tmp_path, capsys,
         class Evil:
             def __reduce__(self):
                 return (os.system, (f"touch {marker}",))
-        path.write_bytes(pickle.dumps(Evil()))
+        path.write_bytes(pickle.dumps(Evil(), protocol=2))
     else:
         torch.save({"format": "something-else"}, path)
     capsys.readouterr()
@@ -383,6 +384,21 @@ def test_resume_refuses_other_model_or_data_contents(tiny, stopped_run, tmp_path
     with pytest.raises(ValueError, match="differing fields.*: data_dir: "):
         train_model(_args(tiny, stopped_run, resume=True, data_dir=str(other_data)))
     assert load_train_state(stopped_run / "checkpoint-1")["step"] == 1            # untouched
+    # the same contents under another path are the same run
+    moved = _copy(tiny["data"], tmp_path / "data_moved")
+    saved = json.loads(load_train_state(stopped_run / "checkpoint-1")["identity"])
+    now = run_identity(_args(tiny, stopped_run, data_dir=str(moved)), model_fingerprint(_copy(tiny["enc"], tmp_path / "e")))
+    assert identity_diff(saved, now) == {}
+
+
+def test_checkpoints_without_identity_compare_their_saved_args(stopped_run, tiny):
+    state = load_train_state(stopped_run / "checkpoint-1")
+    del state["identity"]
+    ident = run_identity(_args(tiny, stopped_run, resume=True), None)
+    note = check_resume(state, stopped_run / "checkpoint-1", ident, _args(tiny, stopped_run, resume=True))
+    assert "predates run identities" in note
+    with pytest.raises(ValueError, match="differing fields.*seed: 42 then, 3 now"):
+        check_resume(state, stopped_run / "checkpoint-1", ident, _args(tiny, stopped_run, resume=True, seed=3))
 
 
 def test_fresh_run_into_an_occupied_folder_needs_overwrite(tiny, stopped_run, reference, tmp_path):
@@ -394,6 +410,11 @@ def test_fresh_run_into_an_occupied_folder_needs_overwrite(tiny, stopped_run, re
         train_model(_args(tiny, reference["out"], resume=True))
     with pytest.raises(ValueError, match="no checkpoint under .*nothing to resume"):
         train_model(_args(tiny, tmp_path / "empty", resume=True))
+    claimed = tmp_path / "claimed"                              # run.json of another run, no checkpoint yet
+    claimed.mkdir()
+    (claimed / "run.json").write_text((stopped_run / "run.json").read_text())
+    with pytest.raises(ValueError, match="run.json: this folder belongs to another run .*seed: 42 then, 9 now"):
+        train_model(_args(tiny, claimed, seed=9))
     # --overwrite: the old run's files go, the new run is whole
     out = tmp_path / "over"
     train_model(_args(tiny, out, max_steps=1))
