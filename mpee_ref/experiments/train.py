@@ -60,9 +60,8 @@ from .batching import EpochBatchSampler, collate, encode_examples
 from .evaluate import run_inference, summarize
 from .options import MODES, PRESETS, build_config, check_cli_numbers, parse_overrides
 from .runs import (RUN_FILE, Diverged, Interrupted, RunLock, check_numbers, check_resume, clean_temporaries,
-                   finite_json,
-                   load_train_state_file, model_fingerprint, outputs_finite, prepare_fresh, resume_point,
-                   run_identity, samples_finite, weights_finite)
+                   finite_json, load_train_state_file, model_fingerprint, outputs_finite, prepare_fresh,
+                   resume_point, run_identity, samples_finite, weights_finite)
 
 STATE_FILE = "train_state.pt"
 STATE_FORMAT = "mpee_ref-train-state-1"
@@ -299,6 +298,8 @@ def train_model(args: TrainArgs, command: str | None = None, *, overwrite: bool 
         raise ValueError(f"task: {spec.name} is a regression task; MPEE's entropy exits need classes")
     if args.model is not None and not Path(args.model).is_dir():
         raise ValueError(f"--model: {args.model} is not a folder")
+    if overwrite and args.resume:
+        raise ValueError("--overwrite starts a run afresh, --resume continues one: pass only one of them")
     rank, world, device, created = _dist_setup()
     out = Path(args.out)
     prev_det = torch.are_deterministic_algorithms_enabled()
