@@ -323,11 +323,17 @@ def train_model(args: TrainArgs, command: str | None = None, *, overwrite: bool 
     lock = None
     try:
         identity = run_identity(args, model_fingerprint(args.model) if args.model is not None else None)
-        if rank == 0:
-            lock = RunLock(out).acquire()
-            if not args.resume:
-                prepare_fresh(out, identity, overwrite)
-            clean_temporaries(out)
+        refusal: Exception | None = None
+        if rank == 0:                                            # one writer: lock and folder checks
+            try:
+                lock = RunLock(out).acquire()
+                if not args.resume:
+                    prepare_fresh(out, identity, overwrite)
+                clean_temporaries(out)
+            except (ValueError, OSError) as e:
+                refusal = e
+        if _any(refusal is not None, world, device):             # every rank stops, none waits forever
+            raise refusal or ValueError(f"{out}: refused by rank 0 (see its error)")
         model, state, ckpt = _prepare_model(args, spec.num_labels, identity)
         if state is not None and "identity" in state:
             identity["model"] = json.loads(state["identity"])["model"]      # the run's start model
