@@ -518,7 +518,8 @@ def test_evaluate_refuses_a_model_trained_on_another_task(reference, tiny, capsy
 
 
 @pytest.mark.parametrize("flag, value", [("--eval-every", "-1"), ("--max-grad-norm", "nan"), ("--lr", "inf"),
-                                         ("--save-every", "-2"), ("--weight-decay", "-1")])
+                                         ("--save-every", "-2"), ("--weight-decay", "-1"),
+                                         ("--head-lr-mult", "inf")])
 def test_bad_numeric_flags_are_one_line(tiny, tmp_path, capsys, flag, value):
     rc, err = _cli(capsys, "train", "--model", str(tiny["enc"]), "--task", "sst-2", "--data-dir", str(tiny["data"]),
                    "--out", str(tmp_path / "o"), flag, value)

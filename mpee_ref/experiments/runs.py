@@ -32,7 +32,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -330,10 +330,11 @@ def finite_json(x: Any) -> Any:
 
 def check_numbers(args: Any) -> None:
     """Refuse NaN/Inf and out-of-range numeric training flags (``--lr inf``, ``--eval-every -1``...)."""
-    for name in ("lr", "warmup_ratio", "weight_decay", "max_grad_norm"):
-        v = getattr(args, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {v!r}")
+    for f in fields(args):                  # every float flag, including ones added later
+        v = getattr(args, f.name)
+        if str(f.type).startswith("float") and v is not None and (
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, got {v!r}")
     for name in ("weight_decay", "max_grad_norm"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)!r}")
