@@ -12,6 +12,46 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+def _matches(value: Any, annotation: str) -> bool | None:
+    """Whether ``value`` has the type written in a (string) field annotation such as ``"float | None"``;
+    ``None`` when the annotation holds a type this checker does not know (then nothing is checked)."""
+    known = True
+    for alt in (a.strip() for a in annotation.split("|")):
+        if alt == "None":
+            ok = value is None
+        elif alt == "bool":
+            ok = isinstance(value, bool)
+        elif alt == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif alt == "float":                        # JSON writes 1.0 as 1: an int is a valid float
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif alt == "str":
+            ok = isinstance(value, str)
+        elif alt.startswith("tuple[int"):
+            ok = isinstance(value, (tuple, list)) and all(isinstance(x, int) and not isinstance(x, bool)
+                                                          for x in value)
+        else:
+            known, ok = False, False
+        if ok:
+            return True
+    return False if known else None
+
+
+def check_field_types(obj: Any) -> None:
+    """Raise ``ValueError`` if a field of the dataclass ``obj`` does not have its annotated type.
+
+    Strings are never coerced (``"0.5"`` is not a float, ``"false"`` not a bool, ``1`` not a bool), so
+    a hand-edited JSON config fails here, naming the field, instead of later with a ``TypeError`` or,
+    worse, silently (``bool("false")`` is True). The checks follow the annotations, so fields added
+    later are covered without touching this function.
+    """
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if _matches(value, str(f.type)) is False:
+            raise ValueError(f"{type(obj).__name__}.{f.name} must be {f.type}, got {type(value).__name__} "
+                             f"{value!r:.60}")
+
+
 #: Activations we implement; HF's ``"gelu"`` is the exact erf form, ``"gelu_new"`` the tanh form.
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new")
 
@@ -39,6 +79,7 @@ class BertConfig:
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
             value = getattr(self, name)
@@ -77,6 +118,8 @@ class BertConfig:
             raise ValueError(f"{source}: position_embedding_type {pos!r} is not supported (only 'absolute')")
         if d.get("is_decoder", False) or d.get("add_cross_attention", False):
             raise ValueError(f"{source}: decoder/cross-attention BERT variants are not supported")
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         if kwargs.get("pad_token_id") is None:
@@ -95,7 +138,7 @@ class BertConfig:
             d = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no such config file") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a JSON object")

@@ -36,6 +36,9 @@ def test_ddp_two_processes_equal_one_process_with_double_batch(tmp_path):
            "-m", "mpee_ref", "train", "--out", str(tmp_path / "ddp"), "--batch-size", "2", *common]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the same command again: rank 0 refuses the finished run folder, and no rank waits for it
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert again.returncode != 0 and "holds a finished run" in again.stderr, again.stderr[-3000:]
 
     train_model(TrainArgs(task="sst-2", data_dir=str(data), model=str(enc), out=str(tmp_path / "one"),
                           batch_size=4, lr=1e-3, warmup_ratio=0.0, max_steps=2, save_every=1, progress=False,
@@ -56,7 +59,8 @@ def test_ddp_two_processes_equal_one_process_with_double_batch(tmp_path):
 
     # rank 0 alone wrote: one checkpoint (step 1; step 2 is the last step), one log, one summary
     ddp = tmp_path / "ddp"
-    assert sorted(p.name for p in ddp.iterdir()) == ["checkpoint-1", "final", "log.jsonl", "train_summary.json"]
+    assert sorted(p.name for p in ddp.iterdir()) == [".lock", "checkpoint-1", "final", "log.jsonl", "run.json",
+                                                     "train_summary.json"]
     log = [json.loads(line) for line in (ddp / "log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in log].count("start") == 1 and log[0]["world_size"] == 2
     summary = json.loads((ddp / "train_summary.json").read_text())

@@ -192,22 +192,25 @@ def test_resume_gives_the_uninterrupted_result(tiny, tmp_path, deterministic_cal
     assert part == {"stopped": "stop_after_steps", "step": 1, "checkpoint": str(tmp_path / "b" / "checkpoint-1")}
     assert not (tmp_path / "b" / "final").exists()
     assert load_train_state(tmp_path / "b" / "checkpoint-1")["step"] == 1
+    # a resume with a different learning rate is refused
+    with pytest.raises(ValueError, match="differing fields.*lr: 0.001 then, 0.0001 now"):
+        train_model(_args(tiny, tmp_path / "b", max_steps=3, resume=True, lr=1e-4))
     train_model(_args(tiny, tmp_path / "b", max_steps=3, resume=True))
     assert sorted(p.name for p in (tmp_path / "b").glob("checkpoint-*")) == ["checkpoint-2"]   # 1 pruned at the end
     wa, wb = _weights(tmp_path / "a" / "final"), _weights(tmp_path / "b" / "final")
     w0 = load_mpee(tiny["enc"], seed=42).state_dict()
     assert not torch.equal(wa["bert.embeddings.word_embeddings.weight"], w0["bert.embeddings.word_embeddings.weight"])
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    # a resume with a different learning rate is refused
-    with pytest.raises(ValueError, match="lr"):
-        train_model(_args(tiny, tmp_path / "b", max_steps=3, resume=True, lr=1e-4))
+    with pytest.raises(ValueError, match="finished run"):                        # nothing left to resume
+        train_model(_args(tiny, tmp_path / "b", max_steps=3, resume=True))
 
 
 def test_checkpoint_write_is_atomic(tiny, tmp_path, monkeypatch):
     model = load_mpee(tiny["enc"], seed=1)
     out = tmp_path / "ck"
     out.mkdir()
-    state = {"format": "mpee_ref-train-state-1", "step": 1, "rng_cpu": [torch.get_rng_state()]}
+    state = {"format": "mpee_ref-train-state-1", "step": 1, "world_size": 1, "optimizer": {}, "scheduler": {},
+             "rng_cpu": [torch.get_rng_state()], "args": "{}"}
     first = save_checkpoint(out, model, state)
     before = _weights(first)
 

@@ -214,7 +214,11 @@ def resolve_split_path(task: str | TaskSpec, data_dir: str | Path, split: str = 
 
 # ----------------------------------------------------------------------------- reading
 def _lines(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8-sig")
+    # bytes, then decode: a text-mode read would turn a lone "\r" inside a row into a line break
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last line, it does not start a new one

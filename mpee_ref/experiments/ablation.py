@@ -44,7 +44,8 @@ from ..mpee.config import ABLATIONS, MPEEConfig
 from .batching import encode_examples
 from .evaluate import evaluate_encoded
 from .options import check_cli_numbers, parse_overrides
-from .train import TrainArgs, _jsonable, train_model
+from .runs import OPERATIONAL
+from .train import TrainArgs, _jsonable, latest_checkpoint, train_model
 
 FORMAT = "mpee_ref-ablation-1"
 #: Table 2's rows in the paper's order: (row name, component for MPEEConfig.without, or None for MPEE).
@@ -123,8 +124,14 @@ def train_args_from_cli(model: str, task: str, data_dir: str, out: str, train_ar
                                 *shlex.split(train_args), *extra])
     except SystemExit:
         raise ValueError(f"--train-args: not valid train flags: {train_args!r}") from None
-    if ns.threads is not None or ns.resume:
-        raise ValueError("--train-args: --threads and --resume are not allowed here (use ablation's --threads; "
+    fixed = {"--model": (ns.model, model), "--task": (ns.task, task), "--data-dir": (ns.data_dir, data_dir),
+             "--out": (ns.out, out)}
+    clash = [flag for flag, (got, want) in fixed.items() if got != want]
+    if clash:
+        raise ValueError(f"--train-args: {', '.join(clash)} are set by ablation itself (one folder per row); "
+                         f"remove them from --train-args")
+    if ns.threads is not None or ns.resume or ns.overwrite:
+        raise ValueError("--train-args: --threads, --resume and --overwrite are not allowed here (use ablation's --threads; "
                          "finished rows are reused automatically)")
     names = {f.name for f in fields(TrainArgs)}
     kw = {k: v for k, v in vars(ns).items() if k in names}
@@ -151,7 +158,8 @@ def full_rows(model_dir: str, task: str, data_dir: str, out: str | Path, table: 
         final = row_out / "final"
         if (final / "mpee_config.json").is_file():
             _check_same_args(row_out, targs)
-        else:
+        else:                         # a row interrupted after a checkpoint continues where it stopped
+            targs = replace(targs, resume=latest_checkpoint(row_out) is not None)
             train_model(targs, command=f"ablation {table} row {name!r}")
         model = load_mpee(final)
         first = first if rows else model.mpee_config            # the MPEE / class-attention row comes first
@@ -169,10 +177,11 @@ def _check_same_args(row_out: Path, targs: TrainArgs) -> None:
     summary = row_out / "train_summary.json"
     if not summary.is_file():
         raise ValueError(f"{row_out}: has final/ but no train_summary.json; delete the folder to retrain")
-    saved = json.loads(summary.read_text(encoding="utf-8")).get("args")
-    if saved != _jsonable(targs):
-        diff = sorted(k for k in set(saved or {}) | set(_jsonable(targs))
-                      if (saved or {}).get(k) != _jsonable(targs).get(k))
+    saved = {k: v for k, v in (json.loads(summary.read_text(encoding="utf-8")).get("args") or {}).items()
+             if k not in OPERATIONAL}
+    now = {k: v for k, v in _jsonable(targs).items() if k not in OPERATIONAL}
+    if saved != now:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise ValueError(f"{row_out}: was trained with other arguments (differs in {diff}); delete it to retrain")
 
 

@@ -179,6 +179,25 @@ def evaluate_model(model: MPEEModel, examples: Sequence[Any], task: str, batch_s
     return result
 
 
+def model_task(folder: Path) -> str | None:
+    """The task a trained MPEE folder was trained on: ``task.json``'s ``task``, else the ``args.task`` of
+    ``train_summary.json``; None for a folder that records neither (an encoder folder)."""
+    for name, get in (("task.json", lambda d: d.get("task")),
+                      ("train_summary.json", lambda d: (d.get("args") or {}).get("task"))):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        task = get(d) if isinstance(d, dict) else None
+        if not isinstance(task, str):
+            raise ValueError(f"{path}: expected a JSON object with a task name, got {task!r:.60}")
+        return get_task(task).name
+    return None
+
+
 # ============================================================================ CLI
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help="MPEE inference on a GLUE split: metric, rho (Eq. 15), exits",
@@ -199,6 +218,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "runs), 'both' (ours + authors) or 'all'")
     p.add_argument("--verify-batch1", type=int, default=64, metavar="N",
                    help="with --batch-size > 1, re-run the first N examples at batch 1 and compare (0: off)")
+    p.add_argument("--allow-task-mismatch", action="store_true",
+                   help="evaluate even if the model was trained on another task (task.json / train_summary.json)")
     p.add_argument("--json", default=None, help="also write the result to this file")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     return p
@@ -218,6 +239,10 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.model)
     if not folder.is_dir():
         raise ValueError(f"--model: {folder} is not a folder")
+    trained_on = model_task(folder)
+    if trained_on is not None and trained_on != spec.name and not args.allow_task_mismatch:
+        raise ValueError(f"{folder}: the model was trained on {trained_on}, not {spec.name}; its classes mean "
+                         f"other things (pass --allow-task-mismatch to evaluate anyway)")
     examples = read_glue(spec.name, args.data_dir, args.split)
     if args.max_examples is not None:
         examples = examples[:args.max_examples]

@@ -22,7 +22,9 @@ is seeded separately by ``load_mpee(seed=seed)``, identical on every rank),
 ``save_mpee`` plus ``train_state.pt`` with optimiser, scheduler, every rank's RNG state and the step,
 read back with ``weights_only=True``) is written to a temporary folder and renamed into place, so a
 crash leaves the previous checkpoint whole. ``--resume`` continues from the newest one to the same
-parameters an uninterrupted run reaches. Ctrl-C finishes the current step, saves a checkpoint, exits 130.
+parameters an uninterrupted run reaches. Ctrl-C (or SIGTERM) finishes the current step, saves a
+checkpoint, exits 130 (143). Run identity, the folder lock, ``--overwrite`` and divergence checks:
+:mod:`~mpee_ref.experiments.runs` (docs/RELIABILITY.md lists every fault case and its test).
 
 DDP: under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` set) the model is wrapped in
 ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA; ``find_unused_parameters=True`` because the
@@ -51,16 +53,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..data import get_task, read_glue
+from ..io.atomic import atomic_folder
 from ..mpee import MPEEModel, load_mpee, save_mpee
+from ..mpee.checkpoint import write_mpee_files
 from .batching import EpochBatchSampler, collate, encode_examples
 from .evaluate import run_inference, summarize
 from .options import MODES, PRESETS, build_config, check_cli_numbers, parse_overrides
+from .runs import (RUN_FILE, Diverged, Interrupted, RunLock, check_numbers, check_resume, clean_temporaries,
+                   finite_json, load_train_state_file, model_fingerprint, outputs_finite, prepare_fresh,
+                   resume_point, run_identity, samples_finite, weights_finite)
 
 STATE_FILE = "train_state.pt"
 STATE_FORMAT = "mpee_ref-train-state-1"
-#: Arguments that must not change between a run and its ``--resume``.
-RESUME_KEYS = ("task", "mode", "lr", "head_lr_mult", "freeze_backbone", "batch_size", "epochs", "max_steps", "max_seq_length", "warmup_ratio",
-               "weight_decay", "max_grad_norm", "seed", "max_train_examples")
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class TrainArgs:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.model is None and not self.resume:
             raise ValueError("model: a model folder is required unless resuming")
+        check_numbers(self)                  # finite lr / grad norm, eval_every >= 0... (runs.py)
 
 
 def linear_schedule(step: int, total: int, warmup: int) -> float:
@@ -182,20 +187,18 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 
 def save_checkpoint(out: Path, model: MPEEModel, state: dict[str, Any], keep_last: int = 1,
                     protect: Path | None = None) -> Path:
-    """Write ``out/checkpoint-<step>/`` atomically (temp folder + ``os.replace``); prune older ones,
-    except ``protect`` (the folder a resumed model was loaded from: its tokenizer reads ``vocab.txt`` there)."""
+    """Write ``out/checkpoint-<step>/`` whole under a temporary name and rename it into place (an existing
+    folder of that name is replaced, never kept); prune older ones, except ``protect`` (the folder a
+    resumed model was loaded from: its tokenizer reads ``vocab.txt`` there). NaN/Inf weights are refused."""
     final = out / f"checkpoint-{state['step']}"
-    if final.is_dir() and (final / STATE_FILE).is_file():
-        return final                                     # this step is already saved
-    tmp = out / f".checkpoint-{state['step']}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not weights_finite(model.parameters()):
+        raise Diverged(f"{final}: refusing to save a checkpoint whose weights hold NaN/Inf")
     try:
-        save_mpee(model, tmp)
-        torch.save(state, tmp / STATE_FILE)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(final) as tmp:
+            write_mpee_files(model, tmp, label=final)
+            torch.save(state, tmp / STATE_FILE)
+    except RuntimeError as e:            # torch.save reports a full disk as a RuntimeError
+        raise OSError(f"{final}: could not write the checkpoint ({str(e).splitlines()[0]})") from None
     older = sorted((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*")
                    if p.is_dir() and p.name.split("-")[1].isdigit() and p != final)
     for _, p in older[:max(0, len(older) - (keep_last - 1))]:
@@ -205,10 +208,8 @@ def save_checkpoint(out: Path, model: MPEEModel, state: dict[str, Any], keep_las
 
 
 def load_train_state(folder: Path) -> dict[str, Any]:
-    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{folder / STATE_FILE}: format {state.get('format')!r}, expected {STATE_FORMAT!r}")
-    return state
+    """``folder/train_state.pt`` (``weights_only=True``); a damaged file is one ``ValueError`` naming it."""
+    return load_train_state_file(folder / STATE_FILE, STATE_FORMAT)
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -249,21 +250,16 @@ class _Progress:
 
 
 # ============================================================================ training
-def _prepare_model(args: TrainArgs, num_labels: int) -> tuple[MPEEModel, dict[str, Any] | None, Path | None]:
+def _prepare_model(args: TrainArgs, num_labels: int, identity: dict[str, Any]
+                   ) -> tuple[MPEEModel, dict[str, Any] | None, Path | None]:
     if args.resume:
-        ckpt = latest_checkpoint(args.out)
-        if ckpt is not None:
-            state = load_train_state(ckpt)
-            saved = json.loads(state["args"])
-            diff = {k: (saved.get(k), getattr(args, k)) for k in RESUME_KEYS if saved.get(k) != getattr(args, k)}
-            if diff:
-                raise ValueError(f"--resume: these arguments differ from the checkpoint's (saved, now): {diff}")
-            return load_mpee(ckpt), state, ckpt
-        if args.model is None:
-            raise ValueError(f"--resume: no checkpoint under {args.out} and no --model to start from")
+        ckpt = resume_point(Path(args.out))
+        state = load_train_state(ckpt)
+        note = check_resume(state, ckpt, identity, args)
+        if note and int(os.environ.get("RANK", "0")) == 0:
+            print(note, file=sys.stderr)
+        return load_mpee(ckpt), state, ckpt
     folder = Path(args.model)
-    if not folder.is_dir():
-        raise ValueError(f"--model: {folder} is not a folder")
     from ..io import read_config
     L = read_config(folder).num_hidden_layers
     cfg = build_config(num_labels, L, preset=args.preset, ablate=args.ablate, overrides=args.overrides,
@@ -291,30 +287,56 @@ def _loss(out: Any, labels: torch.Tensor, mode: str) -> torch.Tensor:
     return out.loss.total                                        # Eq. 14
 
 
-def train_model(args: TrainArgs, command: str | None = None) -> dict[str, Any]:
-    """Fine-tune; returns the summary also written to ``out/train_summary.json`` (rank 0)."""
+def train_model(args: TrainArgs, command: str | None = None, *, overwrite: bool = False) -> dict[str, Any]:
+    """Fine-tune; returns the summary also written to ``out/train_summary.json`` (rank 0).
+
+    ``overwrite``: start afresh in an ``out`` that holds another or a finished run (its files are
+    deleted first); without it such a folder is refused (see :mod:`~mpee_ref.experiments.runs`).
+    """
     spec = get_task(args.task)
     if spec.task_type != "classification":
         raise ValueError(f"task: {spec.name} is a regression task; MPEE's entropy exits need classes")
+    if args.model is not None and not Path(args.model).is_dir():
+        raise ValueError(f"--model: {args.model} is not a folder")
+    if overwrite and args.resume:
+        raise ValueError("--overwrite starts a run afresh, --resume continues one: pass only one of them")
     rank, world, device, created = _dist_setup()
     out = Path(args.out)
     prev_det = torch.are_deterministic_algorithms_enabled()
     if args.deterministic:       # (its first call imports torch._inductor: seconds, once per process)
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-    interrupted = {"n": 0}
+    interrupted = {"n": 0, "signum": signal.SIGINT}
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_sigint(signum: int, frame: Any) -> None:             # SIGINT and SIGTERM alike
         interrupted["n"] += 1
+        interrupted["signum"] = signum
         if interrupted["n"] > 1:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
 
-    try:
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:                                           # not the main thread
-        old_handler = None
+    old_handlers = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old_handlers[sig] = signal.signal(sig, on_sigint)
+        except ValueError:                                       # not the main thread
+            pass
     log = None
+    lock = None
     try:
-        model, state, ckpt = _prepare_model(args, spec.num_labels)
+        identity = run_identity(args, model_fingerprint(args.model) if args.model is not None else None)
+        refusal: Exception | None = None
+        if rank == 0:                                            # one writer: lock and folder checks
+            try:
+                lock = RunLock(out).acquire()
+                if not args.resume:
+                    prepare_fresh(out, identity, overwrite)
+                clean_temporaries(out)
+            except (ValueError, OSError) as e:
+                refusal = e
+        if _any(refusal is not None, world, device):             # every rank stops, none waits forever
+            raise refusal or ValueError(f"{out}: refused by rank 0 (see its error)")
+        model, state, ckpt = _prepare_model(args, spec.num_labels, identity)
+        if state is not None and "identity" in state:
+            identity["model"] = json.loads(state["identity"])["model"]      # the run's start model
         if model.mpee_config.num_labels != spec.num_labels:
             raise ValueError(f"model: has {model.mpee_config.num_labels} classes, task {spec.name} has "
                              f"{spec.num_labels}")
@@ -324,7 +346,11 @@ def train_model(args: TrainArgs, command: str | None = None) -> dict[str, Any]:
         dev_data = encode_examples(model.tokenizer, dev_ex, args.max_seq_length)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
+            if state is None:
+                _atomic_text(out / RUN_FILE, json.dumps({"identity": identity, "command": command}, indent=2) + "\n")
         model.to(device).train()
+        probe_batch = {k: v.to(device) for k, v in collate(train_data, list(range(min(8, len(train_data)))),
+                                                           model.bert_config.pad_token_id).items()}
         sampler = EpochBatchSampler(len(train_data), args.batch_size, args.seed, rank, world)
         total = args.max_steps or args.epochs * len(sampler)
         warmup = int(round(args.warmup_ratio * total))
@@ -351,7 +377,7 @@ def train_model(args: TrainArgs, command: str | None = None) -> dict[str, Any]:
 
         def write_log(record: dict[str, Any]) -> None:
             if log is not None:
-                log.write(json.dumps(record) + "\n")
+                log.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
                 log.flush()
 
         def evaluate(tag: str, **overrides: Any) -> dict[str, Any]:
@@ -361,12 +387,27 @@ def train_model(args: TrainArgs, command: str | None = None) -> dict[str, Any]:
                 parts: list[Any] = [None] * world
                 dist.all_gather_object(parts, list(zip(idx, samples)))
                 samples = [s for _, s in sorted((p for part in parts for p in part), key=lambda x: x[0])]
+            if not samples_finite(samples):
+                raise Diverged(diverged(f"the model's {tag} dev outputs hold NaN/Inf"))
             res = summarize(samples, dev_data.labels, spec.name, model, args.max_seq_length, "ours", **overrides)
             res.pop("config")
             write_log({"event": "eval", "tag": tag, "step": step, **res})
             return res
 
+        def diverged(reason: str) -> str:
+            last = latest_checkpoint(out) if rank == 0 else None
+            return (f"{out}: training diverged at step {step} ({reason}); nothing was saved after it; "
+                    + (f"the last finite checkpoint is {last}" if last else "no checkpoint was written")
+                    + "; lower --lr or check the data")
+
+        saved_at = {"step": -1, "path": None}
+
         def checkpoint() -> Path | None:
+            if saved_at["step"] == step:                         # already saved at this step in this run
+                return saved_at["path"]
+            reason = outputs_finite(model, probe_batch)          # draws no random numbers
+            if _any(reason is not None, world, device):
+                raise Diverged(diverged(reason or "another rank's outputs hold NaN/Inf"))
             rng = _gather_rng(world)
             path = None
             if rank == 0:
@@ -374,10 +415,11 @@ def train_model(args: TrainArgs, command: str | None = None) -> dict[str, Any]:
                     "format": STATE_FORMAT, "step": step, "world_size": world,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng_cpu": rng, "elapsed_s": elapsed0 + time.perf_counter() - t_start,
-                    "args": json.dumps(_jsonable(args))}, protect=ckpt)
+                    "args": json.dumps(_jsonable(args)), "identity": json.dumps(identity)}, protect=ckpt)
                 write_log({"event": "checkpoint", "step": step, "path": str(path)})
             if world > 1:
                 dist.barrier()
+            saved_at.update(step=step, path=path)
             return path
 
         progress = _Progress(total, args.progress and rank == 0, args.log_every)
@@ -392,8 +434,13 @@ def train_model(args: TrainArgs, command: str | None = None) -> dict[str, Any]:
             for batch_idx in sampler.batches(epoch, first):
                 batch = {k: v.to(device) for k, v in collate(train_data, batch_idx,
                                                              model.bert_config.pad_token_id).items()}
-                out_ = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                           labels=batch["labels"] if args.mode == "mpee" else None)
+                try:
+                    out_ = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                               labels=batch["labels"] if args.mode == "mpee" else None)
+                except ValueError as e:                           # "scores contain NaN" (Eq. 7)...
+                    if "NaN" not in str(e):
+                        raise
+                    raise Diverged(diverged(str(e))) from None
                 loss = _loss(out_, batch["labels"], args.mode)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -405,7 +452,9 @@ def train_model(args: TrainArgs, command: str | None = None) -> dict[str, Any]:
                 seen += len(batch_idx) * world
                 loss_v = _all_mean(float(loss.detach()), world, device)
                 if not math.isfinite(loss_v):
-                    raise FloatingPointError(f"loss is {loss_v} at step {step}")
+                    raise Diverged(diverged(f"loss {loss_v}"))
+                if not weights_finite(model.parameters()):
+                    raise Diverged(diverged("weights hold NaN/Inf after the optimiser step"))
                 progress.update(step, loss_v, seen)
                 if step % args.log_every == 0 or step == 1:
                     write_log({"event": "train", "step": step, "epoch": epoch, "loss": loss_v,
@@ -430,22 +479,32 @@ def train_model(args: TrainArgs, command: str | None = None) -> dict[str, Any]:
             if rank == 0:
                 print(f"{stopped}: checkpoint at step {step} in {path}; continue with --resume", file=sys.stderr)
             if stopped == "interrupted":
-                raise KeyboardInterrupt
+                raise Interrupted(interrupted["signum"])
             return {"stopped": stopped, "step": step, "checkpoint": str(path) if path else None}
         train_time = elapsed0 + time.perf_counter() - t_start
         final = evaluate("final")
         extra = evaluate("final_no_exit", layer_exit=False) if args.mode == "mpee" else None
+        if _any(interrupted["n"] > 0, world, device):           # Ctrl-C during the final evaluation
+            path = checkpoint()
+            if rank == 0:
+                print(f"interrupted: checkpoint at step {step} in {path}; --resume re-runs the final evaluation",
+                      file=sys.stderr)
+            raise Interrupted(interrupted["signum"])
         summary = {"command": command, "args": _jsonable(args), "seed": args.seed, "mode": args.mode,
                    "world_size": world, "steps": step, "examples_seen": seen,
                    "training_time_s": train_time,
                    "machine": {"platform": platform.platform(), "python": platform.python_version(),
                                "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                                "cpu_count": os.cpu_count(), "device": str(device)},
-                   "mpee_config": model.mpee_config.to_dict(), "final_dev": final, "final_dev_no_exit": extra}
+                   "mpee_config": model.mpee_config.to_dict(), "final_dev": final, "final_dev_no_exit": extra,
+                   "run": identity}
+        summary = finite_json(summary)
         if rank == 0:
+            text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+            task = {"task": spec.name, "label_names": list(spec.label_names)}
             save_mpee(model, out / "final", torch.float32,
-                      extra_files={"train_summary.json": json.dumps(summary, indent=2) + "\n"})
-            _atomic_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+                      extra_files={"train_summary.json": text, "task.json": json.dumps(task, indent=2) + "\n"})
+            _atomic_text(out / "train_summary.json", text)
             write_log({"event": "done", "step": step, "training_time_s": train_time})
             if ckpt is not None and latest_checkpoint(out) != ckpt:
                 shutil.rmtree(ckpt, ignore_errors=True)          # the resumed-from checkpoint, kept until now
@@ -455,10 +514,12 @@ def train_model(args: TrainArgs, command: str | None = None) -> dict[str, Any]:
     finally:
         if args.deterministic:
             torch.use_deterministic_algorithms(prev_det)
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         if log is not None:
             log.close()
+        if lock is not None:
+            lock.release()
         if created:
             dist.destroy_process_group()
 
@@ -495,6 +556,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="train only the exit heads and the teacher (the second stage of two-stage training: "
                         "--model is then a fine-tuned model, e.g. a plain run's final/)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds another or a finished run (deletes its files)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-deterministic", action="store_true",
                    help="do not call torch.use_deterministic_algorithms(True) (CPU kernels used here are "
@@ -519,9 +582,10 @@ def run(args: argparse.Namespace) -> int:
             eval_batch_size=args.eval_batch_size, save_every=args.save_every, log_every=args.log_every,
             resume=args.resume, stop_after_steps=args.stop_after_steps, progress=not args.no_progress,
             deterministic=not args.no_deterministic)
-        summary = train_model(targs, command=shlex.join([sys.executable, "-m", "mpee_ref", *sys.argv[1:]]))
-    except KeyboardInterrupt:
-        return 130
+        summary = train_model(targs, command=shlex.join([sys.executable, "-m", "mpee_ref", *sys.argv[1:]]),
+                              overwrite=args.overwrite)
+    except KeyboardInterrupt as e:
+        return 128 + int(getattr(e, "signum", signal.SIGINT))
     if "final_dev" in summary and int(os.environ.get("RANK", "0")) == 0:
         m = ", ".join(f"{k} {v:.4f}" for k, v in summary["final_dev"]["metrics"].items())
         print(f"done: {summary['steps']} steps in {summary['training_time_s']:.0f} s; dev {m}, "

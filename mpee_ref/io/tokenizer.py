@@ -20,6 +20,7 @@ of tokens and end up the same length:
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..config import BertConfig
 from .convert import CONFIG_NAME, VOCAB_NAME, read_tokenizer_options
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
@@ -48,9 +50,12 @@ def read_vocab(path: str | Path) -> dict[str, int]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such vocabulary file")
     vocab: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            vocab[line.rstrip("\n")] = i
+    try:
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                vocab[line.rstrip("\n")] = i
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise ValueError(f"{path}: special tokens {missing} not in the vocabulary")
@@ -97,6 +102,7 @@ class WordPieceTokenizer:
             special_tokens=[("[CLS]", self.cls_token_id), ("[SEP]", self.sep_token_id)])
         self._tok = tok
         self._truncation: int | None = None
+        self._lock = threading.Lock()   # the Rust tokenizer's truncation setting is shared state
         self.vocab_size = tok.get_vocab_size()
 
     def _check_max_length(self, value: int, name: str) -> int:
@@ -125,14 +131,15 @@ class WordPieceTokenizer:
         n = self.max_length if max_length is None else self._check_max_length(max_length, "max_length")
         if pairs is not None and n < 3:
             raise ValueError(f"max_length must be >= 3 for pairs ([CLS] A [SEP] B [SEP]), got {n}")
-        if pairs is not None and self.truncation == "longest_first_slow":
-            rows = self._encode_pairs_slow(texts, pairs, n)
-        else:
-            if self._truncation != n:
-                self._tok.enable_truncation(n, strategy="longest_first")
-                self._truncation = n
-            inputs = texts if pairs is None else list(zip(texts, pairs))
-            rows = [(e.ids, e.type_ids) for e in self._tok.encode_batch(inputs, add_special_tokens=True)]
+        with self._lock:
+            if pairs is not None and self.truncation == "longest_first_slow":
+                rows = self._encode_pairs_slow(texts, pairs, n)
+            else:
+                if self._truncation != n:
+                    self._tok.enable_truncation(n, strategy="longest_first")
+                    self._truncation = n
+                inputs = texts if pairs is None else list(zip(texts, pairs))
+                rows = [(e.ids, e.type_ids) for e in self._tok.encode_batch(inputs, add_special_tokens=True)]
         return self._pad(rows, padding)
 
     def _encode_pairs_slow(self, texts: list[str], pairs: list[str], n: int) -> list[tuple[list[int], list[int]]]:
@@ -181,9 +188,10 @@ class WordPieceTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """The WordPiece strings of ``text`` without special tokens or truncation."""
-        self._tok.no_truncation()
-        self._truncation = None
-        return self._tok.encode(text, add_special_tokens=False).tokens
+        with self._lock:
+            self._tok.no_truncation()
+            self._truncation = None
+            return self._tok.encode(text, add_special_tokens=False).tokens
 
     def decode_tokens(self, ids: Tensor | Sequence[int]) -> list[str]:
         """The WordPiece string of each id (``[CLS]``, ``##ing``...), e.g. for a per-token trace."""
@@ -214,8 +222,7 @@ def load_tokenizer(folder: str | Path, max_length: int = 128,
     opts = read_tokenizer_options(folder)
     model_max = 512
     if (folder / CONFIG_NAME).is_file():
-        cfg = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        model_max = int(cfg.get("max_position_embeddings", 512))
+        model_max = BertConfig.from_json_file(folder / CONFIG_NAME).max_position_embeddings
     return WordPieceTokenizer(folder / VOCAB_NAME, do_lower_case=opts["do_lower_case"],
                               strip_accents=opts["strip_accents"], max_length=max_length,
                               model_max_length=model_max, truncation=truncation)

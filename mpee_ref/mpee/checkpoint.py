@@ -13,17 +13,17 @@ generator seeded with ``seed`` so the same folder always gives the same untraine
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..io import load_encoder, load_tokenizer, read_config
+from ..io.atomic import atomic_folder
+from ..io.checkpoint import _skip_init, check_finite, check_vocab_fits
 from .config import MPEEConfig
 from .model import MPEEModel
 
@@ -57,70 +57,100 @@ def load_mpee(folder: str | Path, seed: int = 0, **config_overrides: Any) -> MPE
                                  f"it cannot be overridden")
         mpee_config = replace(base, **config_overrides)
         new_norms = mpee_config.head_norm and not base.head_norm
-        model = MPEEModel(bert_config, mpee_config)
         path = folder / "model.safetensors"
+        # keys, shapes, dtypes: before allocating; standardisers added to a trained model start fresh
+        check_mpee_weights_file(path, bert_config, mpee_config, may_miss=(".norm.running_",) if new_norms else ())
         try:
             state = load_file(str(path))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: missing (an MPEE folder needs model.safetensors)") from None
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-        expected = model.state_dict()
-        missing = sorted(k for k in set(expected) - set(state) if not (new_norms and ".norm.running_" in k))
-        unexpected = sorted(set(state) - set(expected))
-        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
-        if missing or unexpected or shapes:
-            raise ValueError(f"{path}: does not match the MPEE model; missing {missing[:10]}"
-                             f"{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}, "
-                             f"mis-shaped {shapes[:10]}")
+        check_finite(state, path)
+        if (folder / "vocab.txt").is_file():
+            check_vocab_fits(folder, bert_config)
+        model = MPEEModel(bert_config, mpee_config)
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=not new_norms)
     else:
         mpee_config = MPEEConfig(**config_overrides)
+        encoder = load_encoder(folder)           # validated (keys, shapes, dtypes, finite) before any allocation
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = MPEEModel(bert_config, mpee_config)
-        model.bert = load_encoder(folder)
+        model.bert = encoder
         model.init_heads_from_pooler()
     model.tokenizer = load_tokenizer(folder)
     return model.eval()
 
 
+#: safetensors dtype codes accepted in an MPEE folder (cast to float32 on load).
+FLOAT_CODES = ("F16", "BF16", "F32", "F64")
+
+
+def check_mpee_weights_file(path: Path, bert_config: Any, mpee_config: MPEEConfig,
+                            may_miss: tuple[str, ...] = ()) -> None:
+    """Compare the tensor names, shapes and dtypes in ``path``'s header with the model the configs
+    describe (built on the meta device: no memory), so a wrong ``config.json`` (``vocab_size`` 1e9) is
+    refused before anything is allocated. Integer and bool tensors are refused, never cast. Keys
+    containing one of ``may_miss`` may be absent from the file."""
+    with _skip_init(), torch.device("meta"):
+        skeleton = MPEEModel(bert_config, mpee_config)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (an MPEE folder needs model.safetensors)") from None
+    except Exception as e:                   # SafetensorError, OSError...: all mean unreadable
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    missing = sorted(k for k in set(expected) - set(header) if not any(m in k for m in may_miss))
+    unexpected = sorted(set(header) - set(expected))
+    shapes = [f"{k}: file {header[k][1]} vs model {v}" for k, v in expected.items()
+              if k in header and header[k][1] != v]
+    dtypes = [f"{k}: {header[k][0]}" for k in expected if k in header and header[k][0] not in FLOAT_CODES]
+    if missing or unexpected or shapes or dtypes:
+        raise ValueError(f"{path}: does not match the MPEE model of its config.json/{MPEE_CONFIG}; missing "
+                         f"{missing[:10]}{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}, "
+                         f"mis-shaped {shapes[:10]}, non-float {dtypes[:10]}")
+
+
 def save_mpee(model: MPEEModel, folder: str | Path, dtype: torch.dtype = torch.float32,
               extra_files: dict[str, str] | None = None) -> Path:
-    """Write ``model`` as an MPEE folder (atomically per file). ``dtype`` float16 halves the size."""
+    """Write ``model`` as an MPEE folder. ``dtype`` float16 halves the size.
+
+    The whole folder is written under a temporary name and renamed into place, so a reader (or a
+    crash) never sees new weights next to an old config. An existing ``folder`` is replaced only if it
+    is empty or an MPEE folder; NaN/Inf weights are refused (a diverged model is never saved).
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = folder.resolve() if folder.is_symlink() else folder
+    if folder.exists():
+        names = {p.name for p in folder.iterdir()} if folder.is_dir() else {"?"}
+        if names and not (folder / MPEE_CONFIG).is_file():
+            raise ValueError(f"{folder}: exists and is not an MPEE folder (no {MPEE_CONFIG}); save_mpee replaces "
+                             f"the whole folder: choose a new or empty folder")
+    with atomic_folder(folder) as tmp:
+        write_mpee_files(model, tmp, dtype, extra_files, label=folder)
+    return folder
+
+
+def write_mpee_files(model: MPEEModel, folder: Path, dtype: torch.dtype = torch.float32,
+                     extra_files: dict[str, str] | None = None, label: Path | None = None) -> None:
+    """The files of an MPEE folder, written into the existing (temporary) ``folder``; ``label`` names
+    the final folder in the error raised for NaN/Inf weights."""
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
-    _atomic(folder / "model.safetensors",
-            lambda p: save_file(state, p, metadata={"format": "mpee_ref-mpee", "format_version": FORMAT_VERSION}))
+    try:
+        check_finite(state, label or folder)
+    except ValueError as e:
+        raise ValueError(f"refusing to save: {e}") from None
+    save_file(state, str(folder / "model.safetensors"),
+              metadata={"format": "mpee_ref-mpee", "format_version": FORMAT_VERSION})
     config = model.bert_config.to_dict()
     config["architectures"] = ["BertModel"]
     if model.tokenizer is not None:
         config["do_lower_case"] = bool(getattr(model.tokenizer, "do_lower_case", True))
         vocab = getattr(model.tokenizer, "vocab_file", None)
-        if vocab is not None and Path(vocab).resolve() != (folder / "vocab.txt").resolve():
-            data = Path(vocab).read_text(encoding="utf-8")
-            _atomic(folder / "vocab.txt", lambda p: Path(p).write_text(data, encoding="utf-8"))
-    _atomic(folder / "config.json", lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
-    _atomic(folder / MPEE_CONFIG,
-            lambda p: Path(p).write_text(json.dumps(model.mpee_config.to_dict(), indent=2) + "\n"))
+        if vocab is not None:
+            (folder / "vocab.txt").write_bytes(Path(vocab).read_bytes())
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (folder / MPEE_CONFIG).write_text(json.dumps(model.mpee_config.to_dict(), indent=2) + "\n", encoding="utf-8")
     for name, text in (extra_files or {}).items():
-        _atomic(folder / name, lambda p, t=text: Path(p).write_text(t, encoding="utf-8"))
-    return folder
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)            # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        (folder / name).write_text(text, encoding="utf-8")

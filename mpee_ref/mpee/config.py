@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..config import check_field_types
+
 ABLATIONS = ("att-memory", "ee-fusion", "ee-memory", "wsd", "layer-ee", "token-ee")
 HEAD_INITS = ("pooler", "fresh")
 
@@ -90,6 +92,7 @@ class MPEEConfig:
             if not cond:
                 raise ValueError(f"MPEEConfig: {msg}")
 
+        check_field_types(self)          # JSON types, from the annotations (no string is coerced)
         check(isinstance(self.num_labels, int) and self.num_labels >= 2,
               f"num_labels must be an int >= 2, got {self.num_labels!r}")
         check(0.0 <= self.r_ee <= 1.0, f"r_ee (R_ee, Eq. 7) must be in [0, 1], got {self.r_ee!r}")
@@ -202,17 +205,24 @@ class MPEEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "MPEE config") -> "MPEEConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"{source}: unknown MPEE config keys {unknown}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{source}: {e}") from None
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "MPEEConfig":
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such MPEE config file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(d, source=str(path))
