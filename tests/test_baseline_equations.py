@@ -80,7 +80,8 @@ def test_deebert_loss_hand_example():
 # ----------------------------------------------------------------------------- PABEE
 def test_pabee_weighted_loss_hand_example():
     # (1*1 + 2*2 + 3*3) / (1 + 2 + 3) = 14 / 6
-    assert float(pabee_weighted_loss(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))) == pytest.approx(14 / 6, abs=1e-15)
+    loss = pabee_weighted_loss(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    assert float(loss) == pytest.approx(14 / 6, abs=1e-15)
 
 
 @SETTINGS

@@ -20,7 +20,7 @@ Departures (docs/BASELINES.md):
 
 * stage 2's freezing is built into the loss: the off-ramps receive a detached h_CLS, so no gradient
   reaches the backbone whatever the optimiser holds (the original freezes parameters); the backbone
-  still runs in train mode (dropout on), as in the original's second stage.
+  still runs in train mode (dropout on) in stage 2.
 * each off-ramp is an :class:`~mpee_ref.layer_exit.ExitHead` (pooler + linear, as DeeBERT's
   highway: its own pooler, dropout, classifier).
 """

@@ -17,7 +17,7 @@ entropy is :func:`mpee_ref.layer_exit.exit_entropy`.
 Departures (docs/BASELINES.md):
 
 * FastBERT's student (and teacher) classifier is a small transformer of its own (project to 128
-  dims, one self-attention layer over all tokens, pooling, two dense layers). Here each classifier
+  dims, one self-attention layer over all tokens, then dense layers). Here each classifier
   is an :class:`~mpee_ref.layer_exit.ExitHead` on h_CLS (pooler + linear), the same classifier as
   DeeBERT, PABEE and MPEE, so that the comparison isolates the training and exit rules and the
   classifier cost in Eq. (15) is the same for every method. FastBERT's classifier is more costly

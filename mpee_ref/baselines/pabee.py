@@ -9,7 +9,7 @@ the current layer's classifier. The last classifier always answers.
 Departures (docs/BASELINES.md):
 
 * each internal classifier is an :class:`~mpee_ref.layer_exit.ExitHead` with its own pooler (the
-  authors' implementation shares BERT's pooler between all classifiers and gives each its own
+  authors' implementation, as we know it, shares BERT's pooler between all classifiers and gives each its own
   linear layer);
 * the paper's main backbone is ALBERT; here it is the same BERT backbone as every other method.
 """
