@@ -66,6 +66,14 @@ def test_fastbert_distill_nonnegative_and_teacher_is_constant(S, B, C, seed):
     torch.testing.assert_close(same, torch.zeros(S, dtype=torch.float64), rtol=0, atol=1e-12)
 
 
+def test_fastbert_distill_gradcheck():
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    for direction in ("student_teacher", "teacher_student"):
+        assert torch.autograd.gradcheck(lambda x: fastbert_distill_loss(x, t, direction), (s,))
+
+
 # ----------------------------------------------------------------------------- DeeBERT
 def test_deebert_loss_hand_example():
     ce = torch.tensor([0.5, 1.25, 2.0])
@@ -82,6 +90,13 @@ def test_pabee_weighted_loss_hand_example():
     # (1*1 + 2*2 + 3*3) / (1 + 2 + 3) = 14 / 6
     loss = pabee_weighted_loss(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
     assert float(loss) == pytest.approx(14 / 6, abs=1e-15)
+
+
+def test_pabee_weighted_loss_gradcheck():
+    x = torch.tensor([0.3, 1.2, 0.7, 2.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(pabee_weighted_loss, (x,))
+    pabee_weighted_loss(x).backward()
+    torch.testing.assert_close(x.grad, torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64) / 10)
 
 
 @SETTINGS

@@ -13,10 +13,13 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mpee_ref.baselines import (PABEE, BaselineInferenceOutput, DeeBERT, DeeBERTConfig, FastBERT,
                                 FastBERTConfig, PABEEConfig, PowerBERT, PowerBERTConfig, StaticConfig,
-                                StaticTruncation, baseline_sample_flops, fastbert_uncertainty,
+                                StaticTruncation, baseline_sample_flops, fastbert_distill_loss,
+                                fastbert_uncertainty,
                                 pabee_weighted_loss)
 from mpee_ref.config import BertConfig
 from mpee_ref.flops import eq15_layer_flops, head_flops
@@ -157,6 +160,22 @@ def test_exited_samples_and_eliminated_tokens_leave_the_tensors(name, monkeypatc
     assert len(set(shapes)) >= 3                                               # the work really shrank
 
 
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=4), st.integers(0, 1000),
+       st.lists(st.sampled_from([1.0, 0.75, 0.5, 0.3, 0.1]), min_size=L, max_size=L))
+def test_batched_equals_one_at_a_time_for_any_lengths(lengths, seed, retention):
+    """Random lengths (a lone [CLS] included), inputs and retention configurations."""
+    x = batch(tuple(lengths), seed)
+    retention = tuple(sorted(retention, reverse=True))
+    for name, kwargs in (("power", {"retention": retention}), ("deebert", {}), ("pabee", {})):
+        full = MODELS[name].infer(x, **kwargs)
+        for b, s in enumerate(full.samples):
+            alone = MODELS[name].infer(one(x, b), **kwargs).samples[0]
+            assert (alone.prediction, alone.exit_layer, alone.tokens_per_layer, alone.flops) == \
+                   (s.prediction, s.exit_layer, s.tokens_per_layer, s.flops)
+            assert alone.probabilities == pytest.approx(s.probabilities, abs=1e-10)
+
+
 # ----------------------------------------------------------------------------- no exit == plain BERT
 def plain_probs(model, x, layer):
     hs = model.bert(**x, output_hidden_states=True).hidden_states
@@ -261,6 +280,9 @@ def test_two_stage_training_sends_gradients_only_where_the_stage_trains(cls, cfg
 
 def test_losses_are_the_methods_equations():
     x, labels = batch(), torch.tensor([0, 1, 2, 0, 1, 2])
+    fast = MODELS["fastbert"](**x, stage="distill")                             # no labels needed
+    torch.testing.assert_close(fast.loss, fastbert_distill_loss(fast.logits[:-1], fast.logits[-1]).sum())
+    assert MODELS["fastbert"](**x, stage="backbone").loss is None
     pabee = MODELS["pabee"](**x, labels=labels)
     ce = eq11_cross_entropy(pabee.logits, labels)
     torch.testing.assert_close(pabee.loss, pabee_weighted_loss(ce))

@@ -128,9 +128,9 @@ class FastBERT(BaselineModel):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None, *,
                 stage: str | None = None) -> BaselineTrainOutput:
-        """All L layers. ``"backbone"``: CE of the teacher (needs labels). ``"distill"``:
-        :func:`fastbert_distill_loss`, computed whenever ``labels`` is given (the labels are not used,
-        only their presence asks for the loss)."""
+        """All L layers. ``"backbone"``: CE of the teacher when labels are given. ``"distill"``:
+        :func:`fastbert_distill_loss`, always (self-distillation needs no labels; any given are checked
+        and ignored)."""
         stage = self.config.stage if stage is None else stage
         if stage not in FASTBERT_STAGES:
             raise ValueError(f"stage must be one of {FASTBERT_STAGES}, got {stage!r}")
@@ -139,10 +139,11 @@ class FastBERT(BaselineModel):
         loss = per_head = None
         if labels is not None:
             self.check_labels(labels, logits.shape[1], self.num_labels)
-            if stage == "backbone":
-                per_head = eq11_cross_entropy(logits[-1:], labels)                  # (1,) teacher CE
-            else:
-                per_head = fastbert_distill_loss(logits[:-1], logits[-1], self.config.kd_direction)  # (L-1,)
+        if stage == "distill":
+            per_head = fastbert_distill_loss(logits[:-1], logits[-1], self.config.kd_direction)  # (L-1,)
+        elif labels is not None:
+            per_head = eq11_cross_entropy(logits[-1:], labels)                      # (1,) teacher CE
+        if per_head is not None:
             loss = per_head.sum()
         return BaselineTrainOutput(logits=logits, head_layers=self.head_layers, tokens=tokens, loss=loss,
                                    per_head_loss=per_head)
