@@ -294,6 +294,34 @@ def test_losses_are_the_methods_equations():
         torch.testing.assert_close(out.loss, eq11_cross_entropy(out.logits, labels)[0])
 
 
+def test_head_norm_recipe_is_available_and_folds_away():
+    """MPEE's exit-head recipe (standardised h_CLS) on the baselines' classifiers: batched == one at
+    a time with the running statistics, and folding it into the weights changes no output."""
+    model = make(PABEE, PABEEConfig(num_labels=C, patience=1, head_norm=True))
+    model.train()
+    model(**batch(seed=5))                                                      # running statistics move
+    model.eval()
+    assert all(float(h.norm.running_var.sub(1).abs().max()) > 0.01 for h in model.heads)
+    x = batch()
+    before = model.infer(x)
+    for b, s in enumerate(before.samples):
+        assert model.infer(one(x, b)).samples[0].exit_layer == s.exit_layer
+    after = model.fold_head_norms().infer(x)
+    assert model.config.head_norm is False and all(h.norm is None for h in model.heads)
+    assert [s.exit_layer for s in after.samples] == [s.exit_layer for s in before.samples]
+    for a, b in zip(after.samples, before.samples):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-10)
+        assert a.flops == b.flops
+
+
+def test_init_heads_from_pooler_copies_and_warns_on_an_untrained_pooler():
+    model = DeeBERT(BERT, DeeBERTConfig(num_labels=C))                          # BERT init: pooler bias 0
+    with pytest.warns(UserWarning, match="pooler looks untrained"):
+        model.init_heads_from_pooler()
+    for h in model.heads:
+        torch.testing.assert_close(h.pooler.dense.weight, model.bert.pooler.dense.weight)
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_clear_errors():
     with pytest.raises(ValueError, match="PowerBERTConfig.retention must be non-increasing"):

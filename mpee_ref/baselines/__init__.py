@@ -6,7 +6,7 @@ training ``forward`` (returning :class:`BaselineTrainOutput` with the method's l
 ``infer`` (returning :class:`BaselineInferenceOutput`: per-sample prediction, exit layer, tokens per
 layer, FLOPs).
 """
-from .common import (BaselineInferenceOutput, BaselineModel, BaselineSample, BaselineTrainOutput,
+from .common import (BaselineInferenceOutput, BaselineModel, BaselineSample, BaselineTrainOutput, HeadConfig,
                      baseline_sample_flops)
 from .deebert import DEEBERT_STAGES, DeeBERT, DeeBERTConfig, deebert_loss
 from .fastbert import FASTBERT_STAGES, FastBERT, FastBERTConfig, fastbert_distill_loss, fastbert_uncertainty
@@ -15,7 +15,7 @@ from .power_bert import PowerBERT, PowerBERTConfig, power_significance
 from .static import StaticConfig, StaticTruncation
 
 __all__ = ["BaselineInferenceOutput", "BaselineModel", "BaselineSample", "BaselineTrainOutput",
-           "baseline_sample_flops", "DEEBERT_STAGES", "DeeBERT", "DeeBERTConfig", "deebert_loss",
+           "HeadConfig", "baseline_sample_flops", "DEEBERT_STAGES", "DeeBERT", "DeeBERTConfig", "deebert_loss",
            "FASTBERT_STAGES", "FastBERT", "FastBERTConfig", "fastbert_distill_loss", "fastbert_uncertainty",
            "PABEE", "PABEEConfig", "pabee_patience_step", "pabee_should_exit", "pabee_weighted_loss",
            "PowerBERT", "PowerBERTConfig", "power_significance", "StaticConfig", "StaticTruncation"]

@@ -23,7 +23,8 @@ L layers, C classes); K = number of classifiers of a method.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -42,16 +43,36 @@ ExitRule = Callable[[int, Tensor, dict[str, Tensor]], tuple[Tensor, Tensor, dict
 Eliminate = Callable[[int, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-# ============================================================================ validation
-def check_head_config(num_labels: int, head: str, classifier_dropout: float, owner: str) -> None:
-    """The classifier fields every baseline config has; raises ValueError naming ``owner.field``."""
-    if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2:
-        raise ValueError(f"{owner}.num_labels must be an int >= 2 (entropy exits need classes), "
-                         f"got {num_labels!r}")
-    if head not in HEAD_KINDS:
-        raise ValueError(f"{owner}.head must be one of {HEAD_KINDS}, got {head!r}")
-    if not 0.0 <= float(classifier_dropout) < 1.0:
-        raise ValueError(f"{owner}.classifier_dropout must be in [0, 1), got {classifier_dropout!r}")
+# ============================================================================ config
+@dataclass(frozen=True)
+class HeadConfig:
+    """The classifier fields every baseline config has (each method's config extends it).
+
+    Attributes:
+        num_labels: C >= 2.
+        head: the classifier kind, MPEE's Eq. 9 reading: ``"pooler"`` (pooler + linear) or ``"tanh"``.
+        classifier_dropout: dropout inside each classifier (training only).
+        head_norm: standardise h_CLS per feature before each classifier, MPEE's exit-head recipe
+            (docs/interpretation/layer_exit_and_losses.md, L10); folds away for inference
+            (:meth:`BaselineModel.fold_head_norms`). Off by default, as in the original methods.
+    """
+
+    num_labels: int = 2
+    head: str = "pooler"
+    classifier_dropout: float = 0.1
+    head_norm: bool = False
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        if not isinstance(self.num_labels, int) or isinstance(self.num_labels, bool) or self.num_labels < 2:
+            raise ValueError(f"{owner}.num_labels must be an int >= 2 (entropy exits need classes), "
+                             f"got {self.num_labels!r}")
+        if self.head not in HEAD_KINDS:
+            raise ValueError(f"{owner}.head must be one of {HEAD_KINDS}, got {self.head!r}")
+        if not 0.0 <= float(self.classifier_dropout) < 1.0:
+            raise ValueError(f"{owner}.classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}")
+        if not isinstance(self.head_norm, bool):
+            raise ValueError(f"{owner}.head_norm must be a bool, got {self.head_norm!r}")
 
 
 # ============================================================================ typed outputs
@@ -63,9 +84,11 @@ class BaselineTrainOutput:
         logits: ``(K, B, C)`` the classifiers' logits, in layer order.
         head_layers: the K 1-based layers those classifiers sit after.
         tokens: ``(E, B)`` tokens entering each executed layer's FFN (E = ``head_layers[-1]``).
-        loss: the method's scalar training loss when labels were given.
-        per_head_loss: ``(K,)`` cross-entropy of each classifier (batch mean), or the per-student
-            distillation term (FastBERT's distillation stage), when labels were given.
+        loss: the method's scalar training loss (when labels were given; FastBERT's distillation
+            stage always).
+        per_head_loss: the terms that loss is built from: ``(K,)`` cross-entropy of each classifier
+            (batch means), ``(1,)`` for a single trained classifier, or ``(L-1,)`` per-student KL
+            (FastBERT's distillation stage).
     """
 
     logits: Tensor
@@ -156,27 +179,40 @@ class BaselineModel(nn.Module):
     """Backbone (``bert.*``, HF names) + classifiers (``heads.{k}.*``, one per layer in
     :attr:`head_layers`). Subclasses define the loss and the exit rule."""
 
-    def __init__(self, bert_config: BertConfig, head_layers: Sequence[int], num_labels: int,
-                 head: str, classifier_dropout: float):
+    def __init__(self, bert_config: BertConfig, head_layers: Sequence[int], config: HeadConfig):
         super().__init__()
         L = bert_config.num_hidden_layers
         layers = tuple(int(l) for l in head_layers)
         if not layers or list(layers) != sorted(set(layers)) or layers[0] < 1 or layers[-1] > L:
             raise ValueError(f"head_layers must be distinct increasing layers in [1, {L}], got {tuple(head_layers)}")
         self.bert_config = bert_config
+        self.config = config
         self.head_layers = layers
-        self.num_labels, self.head = num_labels, head
+        self.num_labels, self.head = config.num_labels, config.head
         self.bert = BertEncoder(bert_config)
-        self.heads = nn.ModuleList(ExitHead(bert_config.hidden_size, num_labels, head, classifier_dropout)
+        self.heads = nn.ModuleList(ExitHead(bert_config.hidden_size, config.num_labels, config.head,
+                                            config.classifier_dropout, norm=config.head_norm)
                                    for _ in layers)
 
     def init_heads_from_pooler(self) -> None:
         """Copy the backbone's pretrained pooler into every ``"pooler"`` head (BERT's own classifier
-        starts from its pooler; DeeBERT's off-ramps and PABEE's internal classifiers too)."""
+        starts from its pooler); warn, as MPEE does, when that pooler looks untrained (zero bias)."""
         if self.head != "pooler":
             return
+        pooler = self.bert.pooler.dense
+        if not bool(pooler.bias.any()):
+            warnings.warn("the backbone's pooler looks untrained (its bias is all zero): copying it gives "
+                          "the classifiers no head start", stacklevel=2)
         for h in self.heads:
-            h.init_from_pooler(self.bert.pooler.dense.weight, self.bert.pooler.dense.bias)
+            h.init_from_pooler(pooler.weight, pooler.bias)
+
+    def fold_head_norms(self) -> "BaselineModel":
+        """Fold each classifier's standardisation (``head_norm``) into its first weight, in place
+        (:meth:`~mpee_ref.layer_exit.ExitHead.folded`): eval-mode outputs are unchanged."""
+        if self.config.head_norm:
+            self.heads = nn.ModuleList(h.folded() for h in self.heads)
+            self.config = replace(self.config, head_norm=False)
+        return self
 
     def check_batch(self, input_ids: Tensor, attention_mask: Tensor | None,
                     token_type_ids: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:

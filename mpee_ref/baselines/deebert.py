@@ -36,7 +36,7 @@ from torch import Tensor
 from ..config import BertConfig
 from ..layer_exit import exit_entropy, should_exit
 from ..losses import eq11_cross_entropy
-from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, check_head_config
+from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, HeadConfig
 
 DEEBERT_STAGES = ("backbone", "ramps")
 
@@ -68,24 +68,20 @@ def deebert_loss(per_layer_ce: Tensor, stage: str) -> Tensor:
 
 
 @dataclass(frozen=True)
-class DeeBERTConfig:
+class DeeBERTConfig(HeadConfig):
     """DeeBERT.
 
-    Attributes:
-        num_labels: C.  head: classifier kind.  classifier_dropout: dropout in each classifier.
+    Attributes (besides :class:`~mpee_ref.baselines.common.HeadConfig`'s classifier fields):
         entropy_threshold: S (nats): exit after layer i when the off-ramp's entropy is below S;
             ``S <= 0`` never exits early, ``S > ln C`` exits everything after layer 1.
         stage: ``"backbone"`` (stage 1) or ``"ramps"`` (stage 2), which loss ``forward`` returns.
     """
 
-    num_labels: int = 2
-    head: str = "pooler"
-    classifier_dropout: float = 0.1
     entropy_threshold: float = 0.3
     stage: str = "backbone"
 
     def __post_init__(self) -> None:
-        check_head_config(self.num_labels, self.head, self.classifier_dropout, "DeeBERTConfig")
+        super().__post_init__()
         if self.stage not in DEEBERT_STAGES:
             raise ValueError(f"DeeBERTConfig.stage must be one of {DEEBERT_STAGES}, got {self.stage!r}")
         if not isinstance(self.entropy_threshold, (int, float)) or self.entropy_threshold != self.entropy_threshold:
@@ -97,9 +93,7 @@ class DeeBERT(BaselineModel):
 
     def __init__(self, bert_config: BertConfig, config: DeeBERTConfig):
         L = bert_config.num_hidden_layers
-        super().__init__(bert_config, tuple(range(1, L + 1)), config.num_labels, config.head,
-                         config.classifier_dropout)
-        self.config = config
+        super().__init__(bert_config, tuple(range(1, L + 1)), config)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None, *,

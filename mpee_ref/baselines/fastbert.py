@@ -38,7 +38,7 @@ from torch import Tensor
 from ..config import BertConfig
 from ..layer_exit import exit_entropy
 from ..losses import KD_DIRECTIONS, eq11_cross_entropy, eq13_kd_loss
-from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, check_head_config
+from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, HeadConfig
 
 FASTBERT_STAGES = ("backbone", "distill")
 
@@ -86,26 +86,22 @@ def fastbert_distill_loss(student_logits: Tensor, teacher_logits: Tensor,
 
 
 @dataclass(frozen=True)
-class FastBERTConfig:
+class FastBERTConfig(HeadConfig):
     """FastBERT.
 
-    Attributes:
-        num_labels: C >= 2.  head: classifier kind.  classifier_dropout: dropout in each classifier.
+    Attributes (besides :class:`~mpee_ref.baselines.common.HeadConfig`'s classifier fields):
         speed: the threshold on the uncertainty, in [0, 1]: exit when uncertainty < speed (0 never
             exits early; above 1 everything exits after layer 1).
         stage: ``"backbone"`` (teacher CE) or ``"distill"`` (self-distillation).
         kd_direction: direction of the KL, see :func:`fastbert_distill_loss`.
     """
 
-    num_labels: int = 2
-    head: str = "pooler"
-    classifier_dropout: float = 0.1
     speed: float = 0.5
     stage: str = "backbone"
     kd_direction: str = "student_teacher"
 
     def __post_init__(self) -> None:
-        check_head_config(self.num_labels, self.head, self.classifier_dropout, "FastBERTConfig")
+        super().__post_init__()
         if self.stage not in FASTBERT_STAGES:
             raise ValueError(f"FastBERTConfig.stage must be one of {FASTBERT_STAGES}, got {self.stage!r}")
         if self.kd_direction not in KD_DIRECTIONS:
@@ -121,9 +117,7 @@ class FastBERT(BaselineModel):
         L = bert_config.num_hidden_layers
         if L < 2:
             raise ValueError(f"FastBERT needs at least 2 layers (students + teacher), got {L}")
-        super().__init__(bert_config, tuple(range(1, L + 1)), config.num_labels, config.head,
-                         config.classifier_dropout)
-        self.config = config
+        super().__init__(bert_config, tuple(range(1, L + 1)), config)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None, *,

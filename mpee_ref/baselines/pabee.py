@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..config import BertConfig
 from ..losses import eq11_cross_entropy
-from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, check_head_config
+from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, HeadConfig
 
 
 def pabee_weighted_loss(per_layer_ce: Tensor) -> Tensor:
@@ -88,21 +88,17 @@ def pabee_should_exit(count: Tensor, patience: int) -> Tensor:
 
 
 @dataclass(frozen=True)
-class PABEEConfig:
+class PABEEConfig(HeadConfig):
     """PABEE.
 
-    Attributes:
-        num_labels: C.  head: classifier kind.  classifier_dropout: dropout in each classifier.
+    Attributes (besides :class:`~mpee_ref.baselines.common.HeadConfig`'s classifier fields):
         patience: t >= 1; the earliest exit is after layer t + 1, so t >= L - 1 never exits early.
     """
 
-    num_labels: int = 2
-    head: str = "pooler"
-    classifier_dropout: float = 0.1
     patience: int = 2
 
     def __post_init__(self) -> None:
-        check_head_config(self.num_labels, self.head, self.classifier_dropout, "PABEEConfig")
+        super().__post_init__()
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
             raise ValueError(f"PABEEConfig.patience must be an int >= 1, got {self.patience!r}")
 
@@ -112,9 +108,7 @@ class PABEE(BaselineModel):
 
     def __init__(self, bert_config: BertConfig, config: PABEEConfig):
         L = bert_config.num_hidden_layers
-        super().__init__(bert_config, tuple(range(1, L + 1)), config.num_labels, config.head,
-                         config.classifier_dropout)
-        self.config = config
+        super().__init__(bert_config, tuple(range(1, L + 1)), config)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None) -> BaselineTrainOutput:

@@ -37,7 +37,7 @@ from ..config import BertConfig
 from ..layer_exit import exit_entropy
 from ..losses import eq11_cross_entropy
 from ..token_exit import prune_tokens
-from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, check_head_config
+from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, HeadConfig
 
 
 def power_significance(probs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -71,22 +71,18 @@ def power_significance(probs: Tensor, attention_mask: Tensor | None = None) -> T
 
 
 @dataclass(frozen=True)
-class PowerBERTConfig:
+class PowerBERTConfig(HeadConfig):
     """PoWER-BERT with a fixed retention configuration.
 
-    Attributes:
-        num_labels: C.  head: classifier kind.  classifier_dropout: dropout in the classifier.
+    Attributes (besides :class:`~mpee_ref.baselines.common.HeadConfig`'s classifier fields):
         retention: r_1 >= ... >= r_L in (0, 1]: after layer j's self-attention, keep
             ⌈r_j N⌉ of the input's N non-[CLS] tokens ([CLS] always kept). None = keep everything.
     """
 
-    num_labels: int = 2
-    head: str = "pooler"
-    classifier_dropout: float = 0.1
     retention: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        check_head_config(self.num_labels, self.head, self.classifier_dropout, "PowerBERTConfig")
+        super().__post_init__()
         r = self.retention
         if r is None:
             return
@@ -114,8 +110,7 @@ class PowerBERT(BaselineModel):
     def __init__(self, bert_config: BertConfig, config: PowerBERTConfig):
         L = bert_config.num_hidden_layers
         fractions = config.fractions(L)                                             # validates the length
-        super().__init__(bert_config, (L,), config.num_labels, config.head, config.classifier_dropout)
-        self.config = config
+        super().__init__(bert_config, (L,), config)
         self._fractions = fractions
 
     def _eliminate(self, fractions: tuple[float, ...]):

@@ -26,26 +26,21 @@ from torch import Tensor
 from ..config import BertConfig
 from ..layer_exit import exit_entropy
 from ..losses import eq11_cross_entropy
-from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, check_head_config
+from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, HeadConfig
 
 
 @dataclass(frozen=True)
-class StaticConfig:
+class StaticConfig(HeadConfig):
     """Static truncation.
 
-    Attributes:
-        num_labels: C.  head: classifier kind (Eq. 9 reading, ``"pooler"`` or ``"tanh"``).
-        classifier_dropout: dropout inside the classifier (training only).
+    Attributes (besides :class:`~mpee_ref.baselines.common.HeadConfig`'s classifier fields):
         num_layers: k, the layers kept; None = ⌊L/2⌋ (the ρ ≈ 2× reference).
     """
 
-    num_labels: int = 2
-    head: str = "pooler"
-    classifier_dropout: float = 0.1
     num_layers: int | None = None
 
     def __post_init__(self) -> None:
-        check_head_config(self.num_labels, self.head, self.classifier_dropout, "StaticConfig")
+        super().__post_init__()
         k = self.num_layers
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
             raise ValueError(f"StaticConfig.num_layers must be an int >= 1 or None, got {k!r}")
@@ -62,8 +57,7 @@ class StaticTruncation(BaselineModel):
 
     def __init__(self, bert_config: BertConfig, config: StaticConfig):
         k = config.kept_layers(bert_config.num_hidden_layers)
-        super().__init__(bert_config, (k,), config.num_labels, config.head, config.classifier_dropout)
-        self.config = config
+        super().__init__(bert_config, (k,), config)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None) -> BaselineTrainOutput:
