@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from ..io import load_encoder, load_tokenizer, read_config
 from ..io.atomic import atomic_folder
 from ..io.checkpoint import _skip_init, check_finite, check_vocab_fits
-from .config import MPEEConfig
+from .config import PARAMETER_FIELDS, MPEEConfig
 from .model import MPEEModel
 
 MPEE_CONFIG = "mpee_config.json"
@@ -49,7 +49,7 @@ def load_mpee(folder: str | Path, seed: int = 0, **config_overrides: Any) -> MPE
     cfg_path = folder / MPEE_CONFIG
     if cfg_path.exists():
         base = MPEEConfig.from_json_file(cfg_path)
-        for key in ("num_labels", "head", "head_norm"):
+        for key in PARAMETER_FIELDS:
             if key in config_overrides and config_overrides[key] != getattr(base, key):
                 if key == "head_norm" and config_overrides[key]:
                     continue             # adding standardisers to a trained model: they start at mean 0, var 1

@@ -26,6 +26,9 @@ from ..config import check_field_types
 
 ABLATIONS = ("att-memory", "ee-fusion", "ee-memory", "wsd", "layer-ee", "token-ee")
 HEAD_INITS = ("pooler", "fresh")
+#: Fields fixed by a trained model's parameters: they cannot change at inference (nor on load, except
+#: adding ``head_norm`` standardisers to a model trained without them).
+PARAMETER_FIELDS = ("num_labels", "head", "head_norm", "final_classifier")
 
 
 def scale_layers(layers_of_12: tuple[int, ...], num_layers: int) -> tuple[int, ...]:

@@ -45,7 +45,7 @@ from ..layer_exit.equations import eq09_pooled_exit_logits
 from ..losses import LossTerms, WeightedTeacher, mpee_loss
 from ..token_exit import (all_token_attention, eq05_class_attention, eq06_attention_memory, eq07_num_kept,
                           padded_widths, prune_tokens)
-from .config import MPEEConfig
+from .config import PARAMETER_FIELDS, MPEEConfig
 
 #: Position codes in traces: real tokens have their input position ([CLS] is 0); the EE-fusion token
 #: created at layer l is -l (so a fusion token kept from an earlier layer stays distinguishable).
@@ -195,6 +195,13 @@ class MPEEModel(nn.Module):
             self.mpee_config = replace(self.mpee_config, head_norm=False)
         return self
 
+    def _refuse_parameter_changes(self, values: dict[str, Any]) -> None:
+        """``values`` may not change a field fixed by the trained parameters (``PARAMETER_FIELDS``)."""
+        for key in PARAMETER_FIELDS:
+            if key in values and values[key] != getattr(self.mpee_config, key):
+                raise ValueError(f"{key} is fixed by the trained parameters ({getattr(self.mpee_config, key)!r}); "
+                                 f"it cannot be changed to {values[key]!r} for one call")
+
     # ------------------------------------------------------------------ shared per-layer pieces
     @staticmethod
     def _token_scores(cfg: MPEEConfig, probs: Tensor, mask: Tensor) -> Tensor:
@@ -279,9 +286,7 @@ class MPEEModel(nn.Module):
         per-layer diagnostic); ``num_labels``, ``head``, ``head_norm`` and ``final_classifier`` must match
         the trained heads."""
         cfg, L = config or self.mpee_config, self.bert_config.num_hidden_layers
-        for key in ("num_labels", "head", "head_norm", "final_classifier"):
-            if getattr(cfg, key) != getattr(self.mpee_config, key):
-                raise ValueError(f"config.{key} must match the model's ({getattr(self.mpee_config, key)!r})")
+        self._refuse_parameter_changes({k: getattr(cfg, k) for k in PARAMETER_FIELDS})
         input_ids, mask, token_type_ids = self._check(input_ids, attention_mask, token_type_ids)
         self._check_pad_to(cfg, mask)
         prune_at = cfg.prune_layer_set(L)
@@ -335,9 +340,7 @@ class MPEEModel(nn.Module):
             overrides["threshold"] = threshold
         if r_ee is not None:
             overrides["r_ee"] = r_ee
-        for key in ("num_labels", "head", "head_norm", "final_classifier"):
-            if key in overrides and overrides[key] != getattr(self.mpee_config, key):
-                raise ValueError(f"{key} is fixed by the trained heads; it cannot be overridden at inference")
+        self._refuse_parameter_changes(overrides)
         cfg = replace(self.mpee_config, **overrides) if overrides else self.mpee_config
         input_ids, attention_mask, token_type_ids = self._encode(inputs)
         if self.training:
