@@ -68,3 +68,15 @@ def test_errors_name_the_problem(untrained, tmp_path):
         load_mpee(folder)
     with pytest.raises(FileNotFoundError, match="no such model folder"):
         load_mpee(tmp_path / "nothing")
+
+
+def test_infer_on_text_warns_when_the_tokenizer_truncates(untrained):
+    import warnings
+    long_text = " ".join(["word"] * 300)
+    with pytest.warns(UserWarning, match=r"1 of 2 inputs \(indices \[1\]\) were truncated to the tokenizer's "
+                                         r"max_length 128"):
+        untrained.infer(["short text", long_text])
+    exactly = " ".join(["word"] * 126)                       # [CLS] + 126 + [SEP] = 128: full, not cut
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        untrained.infer([exactly])

@@ -362,12 +362,28 @@ class MPEEModel(nn.Module):
         if not isinstance(inputs, (list, tuple)) or not inputs:
             raise ValueError(f"infer() expects text(s), pairs or an encoded batch, got {type(inputs).__name__}")
         if all(isinstance(x, (tuple, list)) and len(x) == 2 for x in inputs):
-            enc = self.tokenizer([a for a, _ in inputs], pairs=[b for _, b in inputs])
+            texts, pairs = [a for a, _ in inputs], [b for _, b in inputs]
         elif all(isinstance(x, str) for x in inputs):
-            enc = self.tokenizer(list(inputs))
+            texts, pairs = list(inputs), None
         else:
             raise ValueError("infer() expects all inputs to be texts, or all to be (text_a, text_b) pairs")
+        enc = self.tokenizer(texts, pairs=pairs)
+        self._warn_if_truncated(texts, pairs, enc.attention_mask.sum(1))
         return enc.input_ids, enc.attention_mask, enc.token_type_ids
+
+    def _warn_if_truncated(self, texts: list[str], pairs: list[str] | None, lengths: Tensor) -> None:
+        """Warn when the tokenizer cut an input at its ``max_length`` (re-encoding only the rows at the limit)."""
+        limit = self.tokenizer.max_length
+        full = [i for i, n in enumerate(lengths.tolist()) if n == limit]
+        if not full:
+            return
+        longer = self.tokenizer([texts[i] for i in full], pairs=None if pairs is None else [pairs[i] for i in full],
+                                max_length=self.tokenizer.model_max_length).attention_mask.sum(1)
+        cut = [i for i, n in zip(full, longer.tolist()) if n > limit]
+        if cut:
+            warnings.warn(f"infer(): {len(cut)} of {len(texts)} inputs (indices {cut[:10]}) were truncated to the "
+                          f"tokenizer's max_length {limit} tokens; set model.tokenizer.max_length (up to "
+                          f"{self.tokenizer.model_max_length}) or pass an encoded batch", stacklevel=3)
 
     def _infer(self, cfg: MPEEConfig, input_ids: Tensor, mask: Tensor, token_type_ids: Tensor) -> InferenceOutput:
         L, bc = self.bert_config.num_hidden_layers, self.bert_config
