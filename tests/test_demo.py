@@ -57,3 +57,14 @@ def test_demo_missing_model_is_one_clear_error(tmp_path, capsys):
     assert main(["demo", "x", "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not an MPEE model folder" in err
+
+
+def test_demo_damaged_task_json_is_one_clear_error(tmp_path, capsys):
+    import shutil
+    folder = tmp_path / "m"
+    shutil.copytree(DEFAULT_MODEL, folder)
+    for text, what in (("{not json", "not valid JSON"), ('{"label_names": [1, 2]}', "list of strings")):
+        (folder / "task.json").write_text(text)
+        assert main(["demo", "x", "--model", str(folder), "--threads", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "task.json" in err and what in err

@@ -42,7 +42,13 @@ def add_parser(subparsers) -> None:
 def _label_names(folder: Path, num_labels: int) -> list[str]:
     path = folder / "task.json"
     if path.exists():
-        names = json.loads(path.read_text(encoding="utf-8")).get("label_names")
+        try:
+            task = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        names = task.get("label_names") if isinstance(task, dict) else None
+        if not (names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names))):
+            raise ValueError(f"{path}: label_names must be a list of strings, got {names!r}")
         if names and len(names) == num_labels:
             return list(names)
     return [f"class {c}" for c in range(num_labels)]
