@@ -95,6 +95,16 @@ MUTATIONS = [
      "att_mem = score(probs, mask)", "e2e_infer"),
     ("fusion token position code -1 at every layer", "model.py", "if s >= 0 else -l for s in res.source_index[0]",
      "if s >= 0 else -1 for s in res.source_index[0]", "e2e_infer"),
+    ("authors: Eq. 7 over the real length, not the padded slots", "model.py",
+     "return np.full_like(n_base, W - 1), np.full_like(n_base, W - 1 - m)",
+     "return None, np.full_like(n_base, W - 1 - m)", "e2e_authors"),
+    ("authors: truncated memory gathered with its tokens", "equations.py",
+     "out_mem[b, :k] = memory[b, :k] if truncate else memory[b, kept_idx]", "out_mem[b, :k] = memory[b, kept_idx]",
+     "e2e_authors"),
+    ("authors: fused memory a mean over the real exited tokens", "equations.py",
+     "count = p if fused_mean_count is None else np.asarray(fused_mean_count)", "count = p", "e2e_authors"),
+    ("authors: head L predicts where the final classifier should", "model.py",
+     "probs = eq.softmax(self.final_logits(h[:, 0]), axis=-1)[0]", "pass", "e2e_authors"),
 ]
 # one-line variants that must still pass: the docs say so
 HARMLESS = [

@@ -139,7 +139,33 @@ def test_port_defaults_are_mpeeconfig_defaults_and_unported_switches_are_refused
     from mpee_ref.mpee import MPEEConfig
     from mpee_ref.numpy_ref.model import MPEE_DEFAULTS, NOT_PORTED, MPEENumpy
     assert MPEE_DEFAULTS == MPEEConfig().to_dict()
-    for key in NOT_PORTED:
-        other = MPEEConfig.authors(num_layers=6).to_dict()[key] if key != "head_norm" else True
-        with pytest.raises(ValueError, match=f"{key}=.* is not ported"):
-            MPEENumpy({}, {key: other}, {})
+    assert set(NOT_PORTED) == {"head_norm"}                  # the authors' three switches are ported
+    with pytest.raises(ValueError, match="head_norm=True is not ported"):
+        MPEENumpy({}, {"head_norm": True}, {})
+
+
+def test_port_loss_matches_torch_under_the_authors_preset():
+    """The training forward under MPEEConfig.authors (padded counts, truncated memory, final classifier in the
+    loss): e2e_authors covers inference only, so the loss is checked against the torch model here."""
+    import torch
+    from mpee_ref.config import BertConfig
+    from mpee_ref.mpee import MPEEConfig, MPEEModel
+    gold = GoldenVectors(VEC)
+    a = MANIFEST["entries"]["e2e_authors"]["attributes"]
+    t = {n: gold.tensor("e2e_authors", n) for n, s in MANIFEST["entries"]["e2e_authors"]["tensors"].items()
+         if s["role"] in ("input", "param")}
+    state = {k[len("param/"):]: v for k, v in t.items() if k.startswith("param/")}
+    labels = np.array([(3 * b + 2) % 5 for b in range(t["input_ids"].shape[0])])
+    model = MPEEModel(BertConfig(**a["bert_config"]), MPEEConfig.from_dict(a["mpee_config"])).double().eval()
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    batch = [torch.from_numpy(np.array(t[k])) for k in ("input_ids", "attention_mask", "token_type_ids")]
+    o = model(*batch, labels=torch.from_numpy(labels))
+    port = npr.MPEENumpy(a["bert_config"], a["mpee_config"], state).loss(
+        t["input_ids"], t["attention_mask"], t["token_type_ids"], labels)
+    np.testing.assert_allclose(port.final_logits, o.final_logits.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(port.tokens, o.tokens.numpy())
+    np.testing.assert_allclose(port.ce, o.loss.ce.detach().numpy(), rtol=1e-9)
+    np.testing.assert_allclose(port.kd, o.loss.kd.detach().numpy(), rtol=1e-9)
+    np.testing.assert_allclose(port.total, float(o.loss.total.detach()), rtol=1e-9)
+    # the final classifier really replaces exit L: with exit L's memory the total changes
+    assert not np.isclose(port.ce[-1], npr.eq11_cross_entropy(port.memories[-1:], labels)[0])

@@ -74,7 +74,7 @@ def test_manifest_lists_every_stored_tensor_with_axes_and_definition():
 
 
 def test_settings_are_attributes_and_the_threshold_is_stated_once():
-    for e in ("e2e_infer", "e2e_infer_ceil", "e2e_padded", "e2e_loss", "e2e_real"):
+    for e in ("e2e_infer", "e2e_infer_ceil", "e2e_padded", "e2e_loss", "e2e_real", "e2e_authors"):
         a = GOLD.entries[e]["attributes"]
         assert "threshold" not in a, f"{e}: F must live in mpee_config only"
         assert set(a["mpee_config"]) == set(npr.model.MPEE_DEFAULTS), e           # every setting, no defaults
@@ -179,6 +179,27 @@ def test_e2e_vectors_show_early_exit_multi_layer_pruning_and_a_biting_ceil():
     assert GOLD.tensor("e2e_infer_ceil", "s0/tokens_per_layer")[0] == 1 + 3 + 1
     # e2e_padded: the same exits as sample by sample
     assert GOLD.tensor("e2e_padded", "exit_layer").tolist() == exits
+
+
+def test_e2e_authors_exercises_padded_counts_truncated_memory_and_the_final_classifier():
+    from mpee_ref.mpee import MPEEConfig
+    e, L = "e2e_authors", GEN.E2E_BERT["num_hidden_layers"]
+    a = GOLD.entries[e]["attributes"]
+    B = len(GEN.E2E_LENGTHS)
+    cfg = MPEEConfig.from_dict(a["mpee_config"])
+    assert cfg == MPEEConfig.authors(num_labels=5, num_layers=L, pad_to=12, threshold=cfg.threshold)
+    exits = [int(GOLD.tensor(e, f"s{b}/exit_layer")) for b in range(B)]
+    finals = [bool(GOLD.tensor(e, f"s{b}/final_classifier")) for b in range(B)]
+    assert len(set(exits)) == L, exits                                  # exits at layers 1, 2 and 3
+    assert any(finals) and any(x == L and not f for x, f in zip(exits, finals)), (exits, finals)
+    assert all(x == L for x, f in zip(exits, finals) if f)
+    # Eq. 7 over 12 padded slots: N = 10 keeps ceil(0.7 * 11) = 8 tokens (+ fused) at layer 1, not ceil(0.7 * 10) = 7
+    assert a["padded_widths"] == [12, 10, 9]
+    assert GEN.E2E_LENGTHS[0] == 11 and GOLD.tensor(e, "s0/tokens_per_layer")[0] == 1 + 8 + 1
+    assert a["tokens_per_layer_if_real_lengths"][0][0] == 1 + 7 + 1
+    # truncated memory: after pruning, slot j keeps the input's entry j (sorted by score it would be descending)
+    mem = GOLD.tensor(e, "s0/l1/attention_memory")[:8]
+    assert not np.all(np.diff(mem) <= 0), mem
 
 
 def test_regeneration_is_byte_for_byte(tmp_path, minilm_dir):

@@ -18,7 +18,8 @@ dh 8, F 37, C 3, L 5). ``e2e_infer`` runs :meth:`MPEEModel.infer` on a tiny floa
 D 32, H 4, F 37, L 3, C 5, B 6, T 11) whose threshold is chosen so samples exit at different layers and
 some prune at two layers; ``e2e_padded`` is the same batch as one padded batch through every layer;
 ``e2e_infer_ceil`` uses R_ee = 0.7 where a float ceil and the original-length ratio base change the kept
-counts; ``e2e_loss`` evaluates the training loss (Eqs. 11-14) and a few gradients; ``e2e_real`` runs
+counts; ``e2e_authors`` runs the same batch under ``MPEEConfig.authors`` (kept counts over inputs padded to
+12 slots, truncated memory, final classifier; plus the authors' own FLOP count); ``e2e_loss`` evaluates the training loss (Eqs. 11-14) and a few gradients; ``e2e_real`` runs
 MiniLM-L6 (needs ``python -m mpee_ref fetch-weights``) on two sentences. The same revision of the code
 regenerates the same bytes (tests/test_vectors.py checks it; reductions run on one thread).
 """
@@ -42,12 +43,13 @@ import torch  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 from mpee_ref.encoder import equations as enc  # noqa: E402
-from mpee_ref.flops import eq15_layer_flops, eq15_speedup, fusion_flops, head_flops, sample_flops  # noqa: E402
+from mpee_ref.flops import (authors_code_sample_macs, eq15_layer_flops, eq15_speedup, fusion_flops,  # noqa: E402
+                            head_flops, sample_flops)
 from mpee_ref.layer_exit import (eq09_exit_logits, eq09_pooled_exit_logits, eq10_classifier_memory,  # noqa: E402
                                  eq10_probabilities, exit_entropy, should_exit)
 from mpee_ref.losses import eq11_cross_entropy, eq12_teacher, eq13_kd_loss, eq14_total_loss  # noqa: E402
 from mpee_ref.token_exit import (eq05_class_attention, eq06_attention_memory, eq07_num_kept,  # noqa: E402
-                                 eq07_top_m, eq08_fuse, prune_tokens)
+                                 eq07_top_m, eq08_fuse, padded_widths, prune_tokens)
 from mpee_ref.vectors.definitions import describe  # noqa: E402
 
 FORMAT_VERSION = 2                                        # 2: definitions, axes, from/external, settings
@@ -310,6 +312,7 @@ E2E_BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attentio
 E2E_LENGTHS = [11, 8, 5, 10, 3, 7]
 E2E_T = 11
 CEIL_LENGTHS = [11, 13, 7]          # N = 10: ceil(10 * (1 - 0.7)) = 3, but a float ceil gives 4
+AUTHORS_PAD_TO = 12                 # e2e_authors: widths 12, 10, 9 at layers 1-3; N = 9, 10 keep 8 at layer 1, not 7
 REAL_SENTENCES = ["a gripping , funny and thoroughly entertaining film .", "bad , but the cast is charming ."]
 
 
@@ -401,6 +404,21 @@ def c_e2e_infer(t, a):
     return out
 
 
+def c_e2e_authors(t, a):
+    """``c_e2e_infer`` under the authors' preset, plus per sample whether the final classifier predicts it and
+    the MACs the authors' evaluation loop counts (inputs padded to ``pad_to``)."""
+    from mpee_ref.mpee import MPEEConfig
+    out = c_e2e_infer(t, a)
+    cfg, L, D = MPEEConfig.from_dict(a["mpee_config"]), a["bert_config"]["num_hidden_layers"], a["bert_config"]["hidden_size"]
+    assert cfg.r_ee_means == "keep" and cfg.final_classifier and cfg.pad_to is not None, cfg
+    for b in range(t["input_ids"].shape[0]):
+        e = int(out[f"s{b}/exit_layer"])
+        out[f"s{b}/final_classifier"] = torch.tensor(e == L and not float(out[f"s{b}/entropy"][-1]) < cfg.threshold)
+        ex, full = authors_code_sample_macs(e, cfg.prune_layer_set(L), cfg.r_ee, L, D, max_len=cfg.pad_to)
+        out[f"s{b}/macs_authors_code_executed"], out[f"s{b}/macs_authors_code_full"] = torch.tensor(ex), torch.tensor(full)
+    return out
+
+
 @torch.no_grad()
 def c_e2e_padded(t, a):
     """The padded batch through all L layers at once (the training path), with each layer's exit test."""
@@ -451,7 +469,7 @@ COMPUTE: dict[str, Callable] = {
     "eq09_exit_logits": c_eq09, "eq10_classifier_memory": c_eq10, "eq11_cross_entropy": c_eq11,
     "eq12_teacher": c_eq12, "eq13_kd_loss": c_eq13, "eq14_total_loss": c_eq14, "eq15_flops": c_eq15,
     "e2e_infer": c_e2e_infer, "e2e_infer_ceil": c_e2e_infer, "e2e_real": c_e2e_infer, "e2e_padded": c_e2e_padded,
-    "e2e_loss": c_e2e_loss,
+    "e2e_loss": c_e2e_loss, "e2e_authors": c_e2e_authors,
 }
 
 EXACT_DTYPES = ("int64", "bool")
@@ -679,6 +697,7 @@ def _from_entry(v: Vectors, e: str, source: str, names: list[str]) -> None:
 
 
 def build_e2e(v: Vectors) -> None:
+    from mpee_ref.mpee import MPEEConfig
     Bn, Ln = len(E2E_LENGTHS), E2E_BERT["num_hidden_layers"]
     base = dict(num_labels=5, r_ee=0.3, prune_layers=[1, 2], beta=0.5, lam=0.9, head="pooler")
 
@@ -730,6 +749,36 @@ def build_e2e(v: Vectors) -> None:
     tokens = [s.tokens_per_layer for s in other.infer({k: t[k] for k in ("input_ids", "attention_mask",
                                                                           "token_type_ids")}).samples]
     assert tokens != [v.tensors[f"{e}/s{b}/tokens_per_layer"].tolist() for b in range(len(CEIL_LENGTHS))], tokens
+
+    # ---- the authors' preset: Eq. 7 over 12 padded slots, truncated memory, final classifier
+    e = "e2e_authors"
+    authors = lambda thr: full_mpee_config(**MPEEConfig.authors(num_labels=5, num_layers=Ln, pad_to=AUTHORS_PAD_TO,  # noqa: E731
+                                                                threshold=thr).to_dict())
+    v.entry(e, "1-10, 15", "mpee_ref.mpee.MPEEModel.infer under MPEEConfig.authors", tol="e2e", bert_config=E2E_BERT,
+            mpee_config=authors(0.0))
+    _from_entry(v, e, "e2e_infer", shared)
+    v.sin(e, "param/classifier.weight", (5, E2E_BERT["hidden_size"]), scale=2.0, role="param")
+    v.sin(e, "param/classifier.bias", (5,), scale=0.05, role="param")
+    t = inputs_of(v.tensors, v.entries[e], e)
+    batch = {k: t[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    probe = e2e_model(t, v.entries[e]["attributes"]).infer(batch, layer_exit=False).samples
+    # exit "L + 1" = failed the test at L: the final classifier predicts; want early exits, L and L + 1
+    threshold, margin = _pick_threshold([list(s.entropies) + [0.0] for s in probe], Ln + 1,
+                                        lambda ex: min(ex) < Ln and Ln in ex and Ln + 1 in ex)
+    v.entries[e]["attributes"].update(mpee_config=authors(threshold), entropy_margin=margin,
+                                      padded_widths=list(padded_widths(AUTHORS_PAD_TO, authors(0.0)["prune_layers"],
+                                                                       Ln, 0.7, "keep")))
+    run_entry(v, e)
+    exits = [int(v.tensors[f"{e}/s{b}/exit_layer"]) for b in range(Bn)]
+    finals = [bool(v.tensors[f"{e}/s{b}/final_classifier"]) for b in range(Bn)]
+    assert min(exits) < Ln and any(finals) and not all(finals[b] for b in range(Bn) if exits[b] == Ln), (exits, finals)
+    # the padded count bites: Eq. 7 over real lengths keeps fewer tokens for some sample
+    real = e2e_model(t, {**v.entries[e]["attributes"], "mpee_config": {**authors(threshold), "pad_to": None}})
+    real_tokens = [s.tokens_per_layer for s in real.infer(batch).samples]
+    tokens = [tuple(v.tensors[f"{e}/s{b}/tokens_per_layer"].tolist()) for b in range(Bn)]
+    assert real_tokens != tokens, tokens
+    v.entries[e]["attributes"].update(exit_layers=exits, final_classifier_samples=[b for b in range(Bn) if finals[b]],
+                                      tokens_per_layer_if_real_lengths=[list(x) for x in real_tokens])
 
     # ---- training loss with gradients
     e = "e2e_loss"

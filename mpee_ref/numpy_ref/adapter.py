@@ -94,9 +94,10 @@ def build(npr: Any) -> dict[str, Callable[[dict, dict], dict]]:
         state = {k[len("param/"):]: v for k, v in t.items() if k.startswith("param/")}
         return npr.MPEENumpy(a["bert_config"], a["mpee_config"], state, dtype=t["param/bert.embeddings.word_embeddings.weight"].dtype)
 
-    def infer(t, a):
+    def infer(t, a, with_results: bool = False):
+        results = model(t, a).infer(t["input_ids"], t["attention_mask"], t["token_type_ids"])
         out: dict[str, Any] = {}
-        for b, r in enumerate(model(t, a).infer(t["input_ids"], t["attention_mask"], t["token_type_ids"])):
+        for b, r in enumerate(results):
             s = f"s{b}"
             out.update({f"{s}/exit_layer": r.exit_layer, f"{s}/prediction": r.prediction,
                         f"{s}/probabilities": r.probabilities, f"{s}/entropy": [x.entropy for x in r.layers],
@@ -111,6 +112,15 @@ def build(npr: Any) -> dict[str, Callable[[dict, dict], dict]]:
                 if x.fused_positions:
                     out[f"{s}/l{x.layer}/fused_positions"] = x.fused_positions
                     out[f"{s}/l{x.layer}/fused_weights"] = x.fused_weights
+        return (out, results) if with_results else out
+
+    def authors(t, a):
+        out, results = infer(t, a, with_results=True)
+        c, L, D = a["mpee_config"], a["bert_config"]["num_hidden_layers"], a["bert_config"]["hidden_size"]
+        for b, r in enumerate(results):
+            out[f"s{b}/final_classifier"] = r.final_classifier
+            out[f"s{b}/macs_authors_code_executed"], out[f"s{b}/macs_authors_code_full"] = npr.authors_code_sample_macs(
+                r.exit_layer, c["prune_layers"], c["r_ee"], L, D, max_len=c["pad_to"])
         return out
 
     def padded(t, a):
@@ -151,6 +161,7 @@ def build(npr: Any) -> dict[str, Callable[[dict, dict], dict]]:
                                       for d in ("student_teacher", "teacher_student") for r in ("batchmean", "mean")},
         "eq14_total_loss": total, "eq15_flops": flops,
         "e2e_infer": infer, "e2e_infer_ceil": infer, "e2e_real": infer, "e2e_padded": padded, "e2e_loss": loss,
+        "e2e_authors": authors,
     }
 
 

@@ -197,11 +197,16 @@ class PruneResult:
 
 def prune_tokens(hidden: np.ndarray, attention_mask: np.ndarray, memory: np.ndarray, r_ee: float, *,
                  r_ee_means: str = "exit", fusion: str = "memory", fused_memory: str = "sum",
-                 n_base: np.ndarray | None = None, select: str = "top") -> PruneResult:
+                 n_base: np.ndarray | None = None, select: str = "top", memory_alignment: str = "gather",
+                 fused_mean_count: np.ndarray | None = None) -> PruneResult:
     r"""Eqs. (7)-(8): keep the m best tokens (``select="bottom"``: the m worst, Fig. 5's control), fuse the p = N − m others into one token, splice.
 
     Output row b: ``[CLS, kept tokens in position order, fused token (if p_b > 0 and fusion != "drop"),
     zero padding]``; T' = 1 + max_b(m_b + has_fused_b). If no sample drops a token the inputs come back.
+    ``memory_alignment="truncate"`` (authors): kept tokens in selection-score order (ties: lower position)
+    and output memory slot j < m keeps the *input's* entry j, not its token's; applied even where nothing exits.
+    ``fused_mean_count`` ``(B,)``: with ``fused_memory="mean"``, divide the fused scores' sum by it instead of p
+    (authors: every padded slot that exits, padding included).
     """
     B, T, D = hidden.shape
     N = T - 1
@@ -210,10 +215,12 @@ def prune_tokens(hidden: np.ndarray, attention_mask: np.ndarray, memory: np.ndar
     m = eq07_num_kept(n if n_base is None else n_base, r_ee, r_ee_means)   # (B,)
     if n_base is not None:
         m = np.minimum(m, n)
-    keep = eq07_top_m(memory if select == "top" else -memory, valid, m)    # (B, N)
+    sel = memory if select == "top" else -memory                           # (B, N) selection score
+    keep = eq07_top_m(sel, valid, m)                                       # (B, N)
     exited = valid & ~keep                                                 # (B, N)
     p = n - m                                                              # (B,)
-    if not (p > 0).any():
+    truncate = memory_alignment == "truncate"
+    if not truncate and not (p > 0).any():
         src = np.where(valid, np.arange(N)[None, :], -2)
         return PruneResult(hidden, attention_mask, memory, src, keep, exited, np.zeros_like(memory), m)
 
@@ -229,7 +236,8 @@ def prune_tokens(hidden: np.ndarray, attention_mask: np.ndarray, memory: np.ndar
     h_eef = eq08_fuse(hidden[:, 1:], alpha, exited)                        # (B, D)
     mem_eef = score.sum(axis=1)                                            # (B,)
     if fused_memory == "mean":
-        mem_eef = mem_eef / np.maximum(p, 1).astype(mem_eef.dtype)
+        count = p if fused_mean_count is None else np.asarray(fused_mean_count)
+        mem_eef = mem_eef / np.maximum(count, 1).astype(mem_eef.dtype)
 
     length = m + has_fused                                                 # (B,) non-CLS tokens left
     t_out = int(length.max())
@@ -239,10 +247,12 @@ def prune_tokens(hidden: np.ndarray, attention_mask: np.ndarray, memory: np.ndar
     src = np.full((B, t_out), -2, np.int64)
     for b in range(B):
         kept_idx = np.flatnonzero(keep[b])                                 # position order
+        if truncate:                                                       # score order, best first
+            kept_idx = np.array([i for i in np.argsort(-sel[b], kind="stable") if keep[b, i]], dtype=np.int64)
         k = len(kept_idx)
         out_h[b, 0] = hidden[b, 0]                                         # [CLS]
         out_h[b, 1:1 + k] = hidden[b, 1 + kept_idx]
-        out_mem[b, :k] = memory[b, kept_idx]
+        out_mem[b, :k] = memory[b, :k] if truncate else memory[b, kept_idx]   # truncate: slot j keeps entry j
         src[b, :k] = kept_idx
         if has_fused[b]:
             out_h[b, 1 + k] = h_eef[b]
@@ -250,6 +260,24 @@ def prune_tokens(hidden: np.ndarray, attention_mask: np.ndarray, memory: np.ndar
             src[b, k] = -1
         out_mask[b, :1 + int(length[b])] = 1
     return PruneResult(out_h, out_mask, out_mem, src, keep, exited, alpha, m)
+
+
+def padded_widths(pad_to: int, prune_layers: tuple[int, ...], num_layers: int, r_ee: float,
+                  r_ee_means: str = "exit", fused: bool = True) -> tuple[int, ...]:
+    r"""Eq. (7) over padded slots (authors): the width :math:`W_l` entering each layer, ``(W_1, ..., W_L)``.
+
+    Inputs count as padded to ``pad_to``; a pruning layer keeps :math:`m = \lceil r(W_l - 1) \rceil` slots and
+    appends the fused one, :math:`W_{l+1} = m + 2` (``m + 1`` without fusion); nothing changes where
+    :math:`m \ge W_l - 1`. A sample with N real tokens keeps ``min(m, N)`` of them.
+    """
+    widths, W = [], pad_to
+    for l in range(1, num_layers + 1):
+        widths.append(W)
+        if l in prune_layers:
+            m = int(eq07_num_kept(np.array([W - 1]), r_ee, r_ee_means)[0])
+            if m < W - 1:
+                W = m + 1 + int(fused)                                     # [CLS] + kept (+ fused)
+    return tuple(widths)
 
 
 # ----------------------------------------------------------------------------- Eqs. (9)-(10), exit test

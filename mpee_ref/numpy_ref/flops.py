@@ -8,6 +8,7 @@ exit head. The baseline is plain BERT at the real length plus one classifier hea
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 
@@ -29,11 +30,15 @@ def fusion_flops(num_fused: int, hidden: int) -> int:
 
 def sample_flops(n_att: Sequence[int], n_ffn: Sequence[int], num_fused: Sequence[int], n_tokens: int,
                  num_layers: int, hidden: int, intermediate: int, num_labels: int,
-                 head: str = "pooler", count_heads: bool = True) -> tuple[int, int, tuple[int, ...]]:
-    """(executed, full, per_layer) of one sample; the sequences run over the executed layers."""
+                 head: str = "pooler", count_heads: bool = True,
+                 final_head: bool = False) -> tuple[int, int, tuple[int, ...]]:
+    """(executed, full, per_layer) of one sample; the sequences run over the executed layers.
+    ``final_head``: the authors' final classifier ran after layer L (one more head, in the last entry)."""
     h = head_flops(hidden, num_labels, head) if count_heads else 0
     per_layer = tuple(eq15_layer_flops(a, f, hidden, intermediate) + fusion_flops(p, hidden) + h
                       for a, f, p in zip(n_att, n_ffn, num_fused))
+    if final_head:
+        per_layer = per_layer[:-1] + (per_layer[-1] + h,)
     full = num_layers * eq15_layer_flops(n_tokens, n_tokens, hidden, intermediate) + h
     return sum(per_layer), full, per_layer
 
@@ -46,3 +51,21 @@ def eq15_speedup(full: Sequence[int], executed: Sequence[int]) -> float:
 def authors_layer_macs(n_att: int, n_ffn: int, hidden: int) -> int:
     """The authors' per-layer count, in MACs with F = 4D: ``2 D n_att^2 + 4 D^2 n_att + 8 D^2 n_ffn``."""
     return 2 * hidden * n_att * n_att + 4 * hidden * hidden * n_att + 8 * hidden * hidden * n_ffn
+
+
+def authors_code_sample_macs(exit_layer: int, prune_layers: Sequence[int], keep_ratio: float, num_layers: int,
+                             hidden: int, max_len: int = 128, fused: bool = True) -> tuple[int, int]:
+    """(executed, full) MACs as the authors' evaluation loop adds them (docs/interpretation/flops.md).
+
+    Recorded length per executed layer on an input padded to ``max_len``: ``k + 1`` with k the kept
+    non-[CLS] slots (``ceil(r (W - 1))`` at pruning layers, float ceil as their Python; the fused token not
+    recorded). Step i charges an FFN at that length plus, when i < L, the next layer's attention."""
+    attention = lambda n: 2 * hidden * n * n + 4 * hidden * hidden * n     # noqa: E731
+    ffn = lambda n: 8 * hidden * hidden * n                                # noqa: E731
+    W, executed = max_len, attention(max_len)                              # layer 1's attention
+    for i in range(1, exit_layer + 1):
+        k = math.ceil(keep_ratio * (W - 1)) if i in prune_layers else W - 1
+        executed += ffn(k + 1) if i == num_layers else attention(k + 1) + ffn(k + 1)
+        if k < W - 1:
+            W = k + 1 + int(fused)
+    return executed, num_layers * (attention(max_len) + ffn(max_len))

@@ -9,6 +9,11 @@ r"""MPEE inference and the loss forward in NumPy: a port of ``mpee_ref/mpee/mode
     C_zm   = (1-λ) C_zm + λ head_l(h[CLS])       Eqs. 9-10
     exit if entropy(softmax(C_zm)) < F or l = L
 
+The authors' preset (``MPEEConfig.authors``) adds three switches: ``pad_to`` (Eq. 7's N counted over
+the padded slots of :func:`equations.padded_widths`), ``memory_alignment="truncate"`` (A_m left in the old
+order after Eq. 8) and ``final_classifier`` (a sample that fails the test at layer L is predicted by
+``classifier(tanh(pooler(h[CLS])))``; in the loss those raw logits replace exit L's memory).
+
 :meth:`MPEENumpy.loss` is the training forward (all layers, every sample, pruning active, no
 dropout) followed by Eqs. 11-14, on a right-padded batch.
 
@@ -40,9 +45,7 @@ MPEE_DEFAULTS: dict[str, Any] = dict(
     kd_direction="student_teacher", kd_reduction="batchmean", detach_teacher_inputs=True,
     detach_teacher_in_kd=False, gamma=None, pad_to=None, memory_alignment="gather", final_classifier=False)
 #: Switches of MPEEConfig the port does not implement: only their default value is accepted.
-NOT_PORTED = {"head_norm": "fold the standardisation into the heads first (MPEEModel.fold_head_norms) and save",
-              "pad_to": "the authors' padding regime", "memory_alignment": "the authors' truncated memory",
-              "final_classifier": "the authors' final-classifier path"}
+NOT_PORTED = {"head_norm": "fold the standardisation into the heads first (MPEEModel.fold_head_norms) and save"}
 
 
 def scale_layers(layers_of_12: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
@@ -143,6 +146,7 @@ class SampleResultNumpy:
     layers: tuple[LayerTraceNumpy, ...]
     flops_executed: int
     flops_full: int
+    final_classifier: bool = False                   # predicted by the authors' final classifier
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ class LossNumpy:
     memories: np.ndarray                              # (L, B, C)
     logits: np.ndarray                                # (L, B, C) C_z^l
     tokens: np.ndarray                                # (L, B) tokens entering layer l's FFN
+    final_logits: np.ndarray | None = None            # (B, C) final classifier (replaces exit L in the loss)
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,8 @@ class MPEENumpy:
         else:
             self.heads = [(f(f"exits.{i}.dense.weight"), f(f"exits.{i}.dense.bias")) for i in range(L)]
         self.teacher = (f("teacher.dense.weight"), f("teacher.dense.bias"), f("teacher.context.weight")[0])
+        self.classifier = ((*self.bert.pooler, f("classifier.weight"), f("classifier.bias"))
+                           if self.cfg["final_classifier"] else None)
 
     @classmethod
     def from_folder(cls, folder: str | Path, dtype: Any = np.float64, **overrides: Any) -> "MPEENumpy":
@@ -214,6 +221,23 @@ class MPEENumpy:
         c = self.cfg
         return 1.0 if (not c["attention_memory"] or layer <= c["beta_warmup_layers"]) else float(c["beta"])
 
+    def final_logits(self, h_cls: np.ndarray) -> np.ndarray:
+        """The authors' final classifier on the backbone pooler: ``(B, D)`` -> raw logits ``(B, C)``."""
+        return eq.eq09_pooled_exit_logits(h_cls, *self.classifier)
+
+    def prune_counts(self, l: int, n_base: np.ndarray):
+        """Eq. 7's N at pruning layer l: (n_base for prune_tokens, count the fused "mean" divides by), or
+        None where the padded slots prune nothing. ``pad_to``: N = W_l - 1 padded slots, W_l - 1 - m exit."""
+        c = self.cfg
+        if c["pad_to"] is None:
+            return (n_base if c["ratio_base"] == "original" else None), None
+        L = self.bert.num_layers
+        W = eq.padded_widths(c["pad_to"], self.prune_layers(), L, c["r_ee"], c["r_ee_means"], c["fusion"] != "drop")[l - 1]
+        m = int(eq.eq07_num_kept(np.array([W - 1]), c["r_ee"], c["r_ee_means"])[0])
+        if m >= W - 1:
+            return None
+        return np.full_like(n_base, W - 1), np.full_like(n_base, W - 1 - m)
+
     def lam(self) -> float:
         return float(self.cfg["lam"]) if self.cfg["classifier_memory"] else 1.0
 
@@ -234,10 +258,12 @@ class MPEENumpy:
         if c["token_exit"]:
             score = eq.eq05_class_attention if c["token_score"] == "class" else eq.all_token_attention
             att_mem = eq.eq06_attention_memory(att_mem, score(probs, mask), self.beta_at(l))   # (B, T-1)
-            if l in self.prune_layers():
+            counts = self.prune_counts(l, n_base) if l in self.prune_layers() else None
+            if counts is not None:
                 res = eq.prune_tokens(z, mask, att_mem, c["r_ee"], r_ee_means=c["r_ee_means"],
                                       fusion=c["fusion"], fused_memory=c["fused_memory"], select=c["token_select"],
-                                      n_base=n_base if c["ratio_base"] == "original" else None)
+                                      n_base=counts[0], memory_alignment=c["memory_alignment"],
+                                      fused_mean_count=counts[1])
                 z, mask, att_mem = res.hidden, res.attention_mask, res.memory           # (B, T', D) ...
         return eq.eq01_ffn_sublayer(z, p, bert.eps, bert.approximate), mask, att_mem, res
 
@@ -255,6 +281,8 @@ class MPEENumpy:
     def _infer_one(self, ids: np.ndarray, tt: np.ndarray | None) -> SampleResultNumpy:
         c, L = self.cfg, self.bert.num_layers
         T = ids.shape[0]
+        if c["pad_to"] is not None and T > c["pad_to"]:
+            raise ValueError(f"an input has {T} tokens, more than pad_to={c['pad_to']}; truncate the inputs")
         tt = np.zeros_like(ids) if tt is None else tt
         h = self.bert.embed(ids[None], tt[None])                                       # (1, T, D)
         mask = np.ones((1, T), np.int64)
@@ -282,12 +310,16 @@ class MPEENumpy:
             if leave:
                 break
         probs = eq.eq10_probabilities(cls_mem)[0]
+        # authors: a sample that fails the test at layer L is predicted by the final classifier
+        final_used = c["final_classifier"] and len(traces) == L and not (c["layer_exit"] and ent < c["threshold"])
+        if final_used:
+            probs = eq.softmax(self.final_logits(h[:, 0]), axis=-1)[0]
         D, Fi = self.bert.word.shape[1], self.bert.layers[0]["w_1"].shape[0]
         executed, full, _ = sample_flops([t.n_att for t in traces], [t.n_ffn for t in traces], n_fused, T, L,
-                                         D, Fi, int(c["num_labels"]), c["head"])
+                                         D, Fi, int(c["num_labels"]), c["head"], final_head=final_used)
         return SampleResultNumpy(prediction=int(np.argmax(probs)), probabilities=tuple(float(x) for x in probs),
                                  exit_layer=len(traces), layers=tuple(traces), flops_executed=executed,
-                                 flops_full=full)
+                                 flops_full=full, final_classifier=final_used)
 
     def infer(self, input_ids, attention_mask=None, token_type_ids=None, **overrides: Any) -> list[SampleResultNumpy]:
         """A right-padded batch ``(B, T)``: each sample runs alone (exits and pruning are per sample)."""
@@ -308,6 +340,8 @@ class MPEENumpy:
         tt = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids)
         labels = np.asarray(labels, dtype=np.int64)
         n_base = mask.sum(axis=1) - 1
+        if c["pad_to"] is not None and int(mask.sum(axis=1).max()) > c["pad_to"]:
+            raise ValueError(f"an input has {int(mask.sum(axis=1).max())} tokens, more than pad_to={c['pad_to']}")
         h = self.bert.embed(ids, tt)                                                   # (B, T, D)
         att_mem, cls_mem, memories, logits, tokens = None, None, [], [], []
         for l in range(1, L + 1):
@@ -317,12 +351,14 @@ class MPEENumpy:
             memories.append(cls_mem)
             tokens.append(mask.sum(axis=1))
         mem = np.stack(memories)                                                       # (L, B, C)
-        extra = dict(logits=np.stack(logits), tokens=np.stack(tokens))
-        ce = eq.eq11_cross_entropy(mem, labels)                                        # (L,)
+        final = self.final_logits(h[:, 0]) if c["final_classifier"] else None          # (B, C)
+        extra = dict(logits=np.stack(logits), tokens=np.stack(tokens), final_logits=final)
+        loss_in = mem if final is None else np.concatenate([mem[:-1], final[None]])    # (L, B, C)
+        ce = eq.eq11_cross_entropy(loss_in, labels)                                    # (L,)
         if not c["use_kd"]:
             return LossNumpy(float(eq.eq14_total_loss(ce, None)), ce, None, None, None, mem, **extra)
-        t, eta = eq.eq12_teacher(mem, *self.teacher)                                   # (B, C), (B, L)
-        kd = eq.eq13_kd_loss(mem, t, float(c["tau"]), c["kd_direction"], c["kd_reduction"])   # (L,)
+        t, eta = eq.eq12_teacher(loss_in, *self.teacher)                               # (B, C), (B, L)
+        kd = eq.eq13_kd_loss(loss_in, t, float(c["tau"]), c["kd_direction"], c["kd_reduction"])   # (L,)
         gamma = c["gamma"]
         teacher_ce = None if gamma is None else eq.eq11_cross_entropy(t[None], labels)[0]
         total = eq.eq14_total_loss(ce, kd, gamma=gamma, teacher_ce=teacher_ce)

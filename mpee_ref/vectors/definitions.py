@@ -67,6 +67,24 @@ _SAMPLE = {
                                          "(present only where p > 0)"),
     "s{b}/l{l}/fused_weights": (["p"], "alpha of those tokens (their A_m scores)"),
 }
+_AUTHORS = {
+    **_SAMPLE,
+    "s{b}/probabilities": (["C"], "softmax(C_zm) at the exit layer, or softmax(final classifier logits) where "
+                                  "final_classifier"),
+    "s{b}/flops_executed": ([], "Eq. 15 executed FLOPs (real lengths): layer + fusion + head per executed layer, "
+                                "plus one head where final_classifier"),
+    "s{b}/final_classifier": ([], "sample failed the exit test at layer L and is predicted by "
+                                  "classifier(tanh(W_p h^L[CLS] + b_p)) (bert.pooler + classifier.*)"),
+    "s{b}/macs_authors_code_executed": ([], "MACs the authors' evaluation loop adds up for this exit layer "
+                                            "(flops.authors_code_sample_macs, max_len = pad_to, keep ratio r_ee)"),
+    "s{b}/macs_authors_code_full": ([], "L (a(pad_to) + f(pad_to)): the authors' baseline MACs, a(n) = 2Dn^2 + 4D^2n, "
+                                        "f(n) = 8D^2n"),
+    "s{b}/l{l}/hidden": (["T_l", "D"], "h^l of sample b run alone: rows [CLS], kept tokens in selection-score "
+                                       "order (ties: lower position), fused token"),
+    "s{b}/l{l}/attention_memory": (["T_l-1"], "A_m^l after pruning, truncated: slot j < m holds the input's entry "
+                                              "j (not its token's), the fused slot the mean over the W_l - 1 - m "
+                                              "exiting padded slots"),
+}
 _PADDED = {
     "exit_layer": (["B"], "1-based exit layer per sample: first l with entropy < F, else L"),
     "prediction": (["B"], "argmax of softmax(C_zm) at the exit layer (ties -> lower class)"),
@@ -209,6 +227,7 @@ DEFINITIONS: dict[str, dict[str, Def]] = {
     "e2e_real": {**_E2E_IN, **_SAMPLE},
     "e2e_padded": {**_E2E_IN, **_PADDED},
     "e2e_loss": {**_E2E_IN, **_LOSS},
+    "e2e_authors": {**_E2E_IN, **_AUTHORS},
 }
 
 
