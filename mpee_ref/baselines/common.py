@@ -33,8 +33,9 @@ from torch import Tensor, nn
 from ..config import BertConfig
 from ..encoder import BertEncoder
 from ..encoder.equations import padding_bias
-from ..flops import SampleFlops, eq15_speedup, full_model_flops, head_flops, sample_flops
+from ..flops import SampleFlops, full_model_flops, head_flops, sample_flops
 from ..layer_exit import HEAD_KINDS, ExitHead
+from ..mpee.model import InferenceOutput
 
 #: rule(l, logits (B_a, C), state) -> (leave (B_a,) bool, signal (B_a,) float, new state).
 #: ``state`` maps names to tensors whose first axis is the active batch; the loop filters them.
@@ -121,23 +122,11 @@ class BaselineSample:
 
 
 @dataclass(frozen=True)
-class BaselineInferenceOutput:
-    """All samples of one ``infer`` call, in input order."""
+class BaselineInferenceOutput(InferenceOutput):
+    """All samples of one ``infer`` call, in input order (``predictions``, ``exit_layers`` and ``rho``
+    as MPEE's :class:`~mpee_ref.mpee.model.InferenceOutput`)."""
 
     samples: tuple[BaselineSample, ...]
-
-    @property
-    def predictions(self) -> Tensor:
-        return torch.tensor([s.prediction for s in self.samples], dtype=torch.long)       # (B,)
-
-    @property
-    def exit_layers(self) -> Tensor:
-        return torch.tensor([s.exit_layer for s in self.samples], dtype=torch.long)       # (B,)
-
-    @property
-    def rho(self) -> float:
-        """Eq. 15 speed-up over these samples: Σ full FLOPs / Σ executed FLOPs."""
-        return eq15_speedup([s.flops.full for s in self.samples], [s.flops.executed for s in self.samples])
 
 
 # ============================================================================ FLOPs (Eq. 15)
