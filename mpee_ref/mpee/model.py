@@ -180,10 +180,10 @@ class MPEEModel(nn.Module):
             return
         pooler = self.bert.pooler.dense
         if not bool(pooler.bias.any()):
+            hint = "" if self.mpee_config.head_norm else "; see the exit-head recipe (MPEEConfig.recipe, docs L10)"
             warnings.warn("the backbone's pooler looks untrained (its bias is all zero, weight std "
                           f"{float(pooler.weight.std()):.3g}): copying it into the exit heads gives them no "
-                          "head start; consider head_init='fresh' and the exit-head recipe "
-                          "(MPEEConfig.recipe, docs L10)", stacklevel=2)
+                          f"head start (head_init='fresh' skips the copy){hint}", stacklevel=2)
         for head in self.exits:
             head.init_from_pooler(pooler.weight, pooler.bias)
 
