@@ -43,11 +43,13 @@ def run_inference(model: MPEEModel, data: EncodedDataset, batch_size: int = 1,
     was_training = model.training
     model.eval()
     pad = model.bert_config.pad_token_id
+    device = next(model.parameters()).device
     out: list[SampleResult] = []
     try:
         for start in range(0, len(idx), batch_size):
             batch = collate(data, idx[start:start + batch_size], pad)
             batch.pop("labels")
+            batch = {k: v.to(device) for k, v in batch.items()}                  # the model's device
             out.extend(model.infer(batch, **overrides).samples)
     finally:
         model.train(was_training)

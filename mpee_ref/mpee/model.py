@@ -246,7 +246,7 @@ class MPEEModel(nn.Module):
         L = self.bert_config.num_hidden_layers
         W = padded_widths(cfg.pad_to, cfg.prune_layer_set(L), L, cfg.r_ee, cfg.r_ee_means,
                           fused=cfg.fusion != "drop")[l - 1]
-        m = int(eq07_num_kept(torch.tensor([W - 1]), cfg.r_ee, cfg.r_ee_means)[0])
+        m = int(eq07_num_kept(torch.tensor([W - 1], device="cpu"), cfg.r_ee, cfg.r_ee_means)[0])
         if m >= W - 1:
             return None
         full = torch.full_like(n_base, W - 1)                                       # (B,)
@@ -396,8 +396,9 @@ class MPEEModel(nn.Module):
         h = self.bert.embeddings(input_ids, token_type_ids)                          # (B, T, D)
         T = input_ids.shape[1]
         # pos[b, j]: position code of the token in slot j (0 = [CLS], -k = fused at layer k, _PAD = padding)
-        pos = torch.where(mask.bool(), torch.arange(T)[None, :].expand(B, T), torch.full_like(input_ids, _PAD))
-        active = torch.arange(B)                                                     # (B_a,) original indices
+        pos = torch.where(mask.bool(), torch.arange(T, device=input_ids.device)[None, :].expand(B, T),
+                          torch.full_like(input_ids, _PAD))
+        active = torch.arange(B, device=input_ids.device)                            # (B_a,) original indices
         att_mem, cls_mem = None, None
         traces: list[list[LayerTrace]] = [[] for _ in range(B)]
         n_fused: list[list[int]] = [[] for _ in range(B)]

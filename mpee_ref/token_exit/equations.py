@@ -458,7 +458,7 @@ def padded_widths(pad_to: int, prune_layers: tuple[int, ...], num_layers: int, r
     for l in range(1, num_layers + 1):
         widths.append(W)
         if l in prune_layers:
-            m = int(eq07_num_kept(torch.tensor([W - 1]), r_ee, r_ee_means)[0])
+            m = int(eq07_num_kept(torch.tensor([W - 1], device="cpu"), r_ee, r_ee_means)[0])
             if m < W - 1:
                 W = m + 1 + int(fused)                                         # [CLS] + kept (+ fused)
     return tuple(widths)
