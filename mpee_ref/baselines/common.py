@@ -35,6 +35,7 @@ from ..encoder import BertEncoder
 from ..encoder.equations import padding_bias
 from ..flops import SampleFlops, full_model_flops, head_flops, sample_flops
 from ..layer_exit import HEAD_KINDS, ExitHead
+from ..losses import eq11_cross_entropy
 from ..mpee.model import InferenceOutput
 
 #: rule(l, logits (B_a, C), state) -> (leave (B_a,) bool, signal (B_a,) float, new state).
@@ -232,6 +233,17 @@ class BaselineModel(nn.Module):
             raise ValueError(f"labels must have shape (B,) = ({B},), got {tuple(labels.shape)}")
         if int(labels.min()) < 0 or int(labels.max()) >= C:
             raise ValueError(f"labels must be in [0, {C}), got min {int(labels.min())}, max {int(labels.max())}")
+
+    def single_classifier_output(self, logits: Tensor, tokens: Tensor, labels: Tensor | None) -> BaselineTrainOutput:
+        """The training output of a model with one trained classifier (``logits`` (1, B, C)): its
+        cross-entropy when ``labels`` are given."""
+        loss = per_head = None
+        if labels is not None:
+            self.check_labels(labels, logits.shape[1], self.num_labels)
+            per_head = eq11_cross_entropy(logits, labels)                           # (1,)
+            loss = per_head.sum()
+        return BaselineTrainOutput(logits=logits, head_layers=self.head_layers, tokens=tokens, loss=loss,
+                                   per_head_loss=per_head)
 
     # ------------------------------------------------------------------ training forward
     def run_all(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None,

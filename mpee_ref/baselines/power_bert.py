@@ -35,7 +35,6 @@ from torch import Tensor
 
 from ..config import BertConfig
 from ..layer_exit import exit_entropy
-from ..losses import eq11_cross_entropy
 from ..token_exit import prune_tokens
 from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, HeadConfig
 
@@ -126,13 +125,7 @@ class PowerBERT(BaselineModel):
         """All L layers with elimination active (PoWER-BERT's final fine-tuning); classifier CE."""
         logits, tokens = self.run_all(input_ids, attention_mask, token_type_ids,
                                       eliminate=self._eliminate(self._fractions))   # (1, B, C), (L, B)
-        loss = per_head = None
-        if labels is not None:
-            self.check_labels(labels, logits.shape[1], self.num_labels)
-            per_head = eq11_cross_entropy(logits, labels)                           # (1,)
-            loss = per_head.sum()
-        return BaselineTrainOutput(logits=logits, head_layers=self.head_layers, tokens=tokens, loss=loss,
-                                   per_head_loss=per_head)
+        return self.single_classifier_output(logits, tokens, labels)
 
     @torch.inference_mode()
     def infer(self, inputs: Any, *, retention: tuple[float, ...] | None = None) -> BaselineInferenceOutput:

@@ -25,7 +25,6 @@ from torch import Tensor
 
 from ..config import BertConfig
 from ..layer_exit import exit_entropy
-from ..losses import eq11_cross_entropy
 from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, HeadConfig
 
 
@@ -63,13 +62,7 @@ class StaticTruncation(BaselineModel):
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None) -> BaselineTrainOutput:
         """k layers for every sample; the cross-entropy of the one classifier when labels are given."""
         logits, tokens = self.run_all(input_ids, attention_mask, token_type_ids)   # (1, B, C), (k, B)
-        loss = per_head = None
-        if labels is not None:
-            self.check_labels(labels, logits.shape[1], self.num_labels)
-            per_head = eq11_cross_entropy(logits, labels)                           # (1,)
-            loss = per_head.sum()
-        return BaselineTrainOutput(logits=logits, head_layers=self.head_layers, tokens=tokens, loss=loss,
-                                   per_head_loss=per_head)
+        return self.single_classifier_output(logits, tokens, labels)
 
     @torch.inference_mode()
     def infer(self, inputs: Any) -> BaselineInferenceOutput:
