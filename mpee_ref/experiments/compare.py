@@ -1,0 +1,185 @@
+r"""The paper's comparison (Table 1, Figs. 3 and 4) from per-method, per-seed sweeps: the analytics.
+
+Every method (MPEE and each baseline of ``mpee_ref/baselines/``) is reduced to the same record, a
+**method sweep**: one trained model (one seed) evaluated at several settings of its speed knob::
+
+    {"method": "deebert", "seed": 0, "metric": "accuracy", "num_layers": 6,
+     "points": [{"setting": {"entropy_threshold": 0.3}, "metrics": {"accuracy": 0.85},
+                 "rho": 2.1, "exit_layer_counts": {"1": 300, "2": 100, ...}}, ...]}
+
+An MPEE sweep (``sweep.json``) becomes one with :func:`from_mpee_sweep` (setting = ``{threshold, r_ee}``).
+From the sweeps of several seeds this module computes, with the same ρ (Eq. 15, one FLOPs code for every
+method) and the same dev data:
+
+* :func:`aggregate`: per method and setting, metric and ρ as mean ± std over seeds (settings present
+  for every seed only), the mean exit-layer histogram;
+* :func:`pareto`: the points no other point of the same method beats in both mean metric and mean ρ;
+* :func:`metric_at_rho`: the Table 1 column "metric at ρ ≈ 2×", read off the Pareto front by linear
+  interpolation in ρ (None outside the front's ρ range: never extrapolated);
+* :func:`largest_rho_within`: the Table 1 column "largest ρ within one point of the plain backbone";
+* :func:`comparison_markdown` (the table), :func:`plot_tradeoff` (Fig. 3: one curve per method, error
+  bars = std over seeds), :func:`plot_exit_histograms` (Fig. 4: exit layers of two methods at the
+  settings whose ρ is closest to a common target).
+
+Operating points are chosen on dev (the only split these sweeps are run on), as everywhere in mpee_ref.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .seeds import mean_std
+
+Setting = tuple[tuple[str, float], ...]          # a method's knob values, sorted by name (hashable)
+
+
+@dataclass(frozen=True)
+class MethodPoint:
+    """One setting of one method over seeds. ``metric``/``rho`` are (mean, std) over ``n_seeds``;
+    ``exit_histogram[l-1]`` is the mean share of samples answering at layer l."""
+
+    method: str
+    setting: Setting
+    metric: tuple[float, float]
+    rho: tuple[float, float]
+    exit_histogram: tuple[float, ...]
+    n_seeds: int
+
+    def label(self) -> str:
+        return ", ".join(f"{k} {v:g}" for k, v in self.setting) or "-"
+
+
+def from_mpee_sweep(sweep: Mapping[str, Any], seed: int, method: str = "mpee") -> dict[str, Any]:
+    """An MPEE ``sweep.json`` (format ``mpee_ref-sweep-1``) as a method sweep."""
+    points = [{"setting": {"threshold": p["threshold"], "r_ee": p["r_ee"]}, "metrics": p["metrics"],
+               "rho": p["rho"], "exit_layer_counts": p["exit_layer_counts"]} for p in sweep["points"]]
+    return {"method": method, "seed": seed, "metric": sweep["metric"], "num_layers": sweep["num_layers"],
+            "points": points}
+
+
+def _setting(point: Mapping[str, Any]) -> Setting:
+    return tuple(sorted((str(k), float(v)) for k, v in point["setting"].items()))
+
+
+def _histogram(counts: Mapping[str, int], num_layers: int) -> list[float]:
+    total = sum(counts.values())
+    if total <= 0:
+        raise ValueError(f"exit_layer_counts: no samples in {dict(counts)}")
+    return [counts.get(str(l), 0) / total for l in range(1, num_layers + 1)]
+
+
+def aggregate(sweeps: Sequence[Mapping[str, Any]]) -> list[MethodPoint]:
+    """The settings present in every sweep of one method (one sweep per seed), over seeds; sorted by mean ρ."""
+    if not sweeps:
+        raise ValueError("aggregate: no sweeps")
+    methods = {s["method"] for s in sweeps}
+    metrics = {s["metric"] for s in sweeps}
+    layers = {s["num_layers"] for s in sweeps}
+    if len(methods) != 1 or len(metrics) != 1 or len(layers) != 1:
+        raise ValueError(f"aggregate: sweeps of one method, metric and depth expected, got methods {sorted(methods)}, "
+                         f"metrics {sorted(metrics)}, num_layers {sorted(layers)}")
+    seeds = [s["seed"] for s in sweeps]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"aggregate: seed listed twice for {methods.pop()}: {seeds}")
+    (method,), (metric,), (num_layers,) = methods, metrics, layers
+    keyed = [{_setting(p): p for p in s["points"]} for s in sweeps]
+    out = []
+    for key in set.intersection(*(set(k) for k in keyed)):
+        pts = [k[key] for k in keyed]
+        hists = [_histogram(p["exit_layer_counts"], num_layers) for p in pts]
+        out.append(MethodPoint(method=method, setting=key, metric=mean_std([p["metrics"][metric] for p in pts]),
+                               rho=mean_std([p["rho"] for p in pts]), n_seeds=len(pts),
+                               exit_histogram=tuple(sum(h[i] for h in hists) / len(hists) for i in range(num_layers))))
+    return sorted(out, key=lambda p: (p.rho[0], p.setting))
+
+
+def pareto(points: Sequence[MethodPoint]) -> list[MethodPoint]:
+    """Points that no other point beats in mean metric and mean ρ (>= in both, > in one), by ascending ρ;
+    of points with equal mean metric and ρ, the first one given is kept."""
+    def beaten(p: MethodPoint) -> bool:
+        return any(q.metric[0] >= p.metric[0] and q.rho[0] >= p.rho[0]
+                   and (q.metric[0] > p.metric[0] or q.rho[0] > p.rho[0]) for q in points)
+    unique = {(p.rho[0], p.metric[0]): p for p in reversed(points)}
+    return sorted((p for p in unique.values() if not beaten(p)), key=lambda p: p.rho[0])
+
+
+def metric_at_rho(points: Sequence[MethodPoint], rho: float) -> float | None:
+    r"""Mean metric on the Pareto front at speed-up ``rho``, interpolated linearly between the two front
+    points whose mean ρ brackets it (the front point itself if one sits exactly there); None when ``rho``
+    is outside the front's range.
+
+    .. math:: m(\rho) = m_a + (m_b - m_a)\,\frac{\rho - \rho_a}{\rho_b - \rho_a}, \quad \rho_a \le \rho \le \rho_b
+    """
+    front = pareto(points)
+    for a, b in zip(front, front[1:] + front[-1:]):
+        if a.rho[0] == rho:
+            return a.metric[0]
+        if a.rho[0] < rho <= b.rho[0]:
+            return a.metric[0] + (b.metric[0] - a.metric[0]) * (rho - a.rho[0]) / (b.rho[0] - a.rho[0])
+    return None
+
+
+def largest_rho_within(points: Sequence[MethodPoint], reference: float, tolerance: float = 0.01) -> MethodPoint | None:
+    """The point with the largest mean ρ whose mean metric is >= ``reference - tolerance`` (None if none)."""
+    ok = [p for p in points if p.metric[0] >= reference - tolerance - 1e-12]
+    return max(ok, key=lambda p: (p.rho[0], p.metric[0])) if ok else None
+
+
+def closest_to_rho(points: Sequence[MethodPoint], rho: float) -> MethodPoint:
+    """The Pareto-front point whose mean ρ is closest to ``rho`` (Fig. 4 compares methods at equal speed)."""
+    return min(pareto(points), key=lambda p: (abs(p.rho[0] - rho), -p.metric[0]))
+
+
+def comparison_markdown(by_method: Mapping[str, Sequence[MethodPoint]], plain: tuple[float, float], metric: str,
+                        target_rho: float = 2.0, tolerance: float = 0.01) -> str:
+    """The Table 1 analogue: per method, the metric at ρ = ``target_rho`` and the largest ρ within
+    ``tolerance`` of the plain backbone's mean metric (metrics in %, mean ± std over seeds)."""
+    pct = lambda ms: f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"                          # noqa: E731
+    lines = [f"| method | seeds | {metric} at ρ = {target_rho:g}× | largest ρ within {100 * tolerance:g} pt "
+             f"of plain ({pct(plain)}) | {metric} there | setting |", "|---|---|---|---|---|---|"]
+    for method, points in by_method.items():
+        at = metric_at_rho(points, target_rho)
+        best = largest_rho_within(points, plain[0], tolerance)
+        n = max(p.n_seeds for p in points)
+        lines.append(f"| {method} | {n} | {'-' if at is None else f'{100 * at:.2f}'} | "
+                     + (f"{best.rho[0]:.2f}× ± {best.rho[1]:.2f} | {pct(best.metric)} | {best.label()} |"
+                        if best else "none | - | - |"))
+    return "\n".join(lines) + "\n"
+
+
+def plot_tradeoff(by_method: Mapping[str, Sequence[MethodPoint]], plain: tuple[float, float], metric: str,
+                  path: str | Path) -> Path:
+    """Fig. 3 analogue: each method's Pareto front, metric vs ρ, error bars = std over seeds."""
+    from .figures import _pyplot, _save
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, points in by_method.items():
+        front = pareto(points)
+        ax.errorbar([p.rho[0] for p in front], [100 * p.metric[0] for p in front],
+                    xerr=[p.rho[1] for p in front], yerr=[100 * p.metric[1] for p in front],
+                    marker="o", ms=3, capsize=2, label=method)
+    ax.axhline(100 * plain[0], color="grey", ls="--", lw=1, label="plain backbone")
+    ax.set_xlabel("speed-up ρ (Eq. 15)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title("Accuracy vs speed-up, one FLOPs counter (mean ± std over seeds)", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_exit_histograms(chosen: Sequence[MethodPoint], path: str | Path) -> Path:
+    """Fig. 4 analogue: the exit-layer shares of the given points side by side."""
+    from .figures import _pyplot, _save
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    width = 0.8 / max(len(chosen), 1)
+    for i, p in enumerate(chosen):
+        xs = [l + 1 + (i - (len(chosen) - 1) / 2) * width for l in range(len(p.exit_histogram))]
+        ax.bar(xs, [100 * s for s in p.exit_histogram], width=width, label=f"{p.method} (ρ {p.rho[0]:.2f}×)")
+    ax.set_xticks(range(1, len(chosen[0].exit_histogram) + 1))
+    ax.set_xlabel("exit layer")
+    ax.set_ylabel("samples (%)")
+    ax.set_title("Exit layers at equal speed-up", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

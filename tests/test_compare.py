@@ -1,0 +1,94 @@
+"""The comparison analytics (Table 1 / Figs. 3-4 analogues): hand examples and properties."""
+
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from mpee_ref.experiments import compare
+from mpee_ref.experiments.compare import MethodPoint
+
+
+def _sweep(method, seed, rows, num_layers=3):
+    """rows: (setting value, accuracy, rho, counts per layer)."""
+    return {"method": method, "seed": seed, "metric": "accuracy", "num_layers": num_layers,
+            "points": [{"setting": {"knob": k}, "metrics": {"accuracy": a}, "rho": r,
+                        "exit_layer_counts": {str(l + 1): c for l, c in enumerate(counts)}}
+                       for k, a, r, counts in rows]}
+
+
+def _pt(metric, rho, method="m"):
+    return MethodPoint(method=method, setting=(("knob", rho),), metric=(metric, 0.0), rho=(rho, 0.0),
+                       exit_histogram=(1.0,), n_seeds=1)
+
+
+def test_aggregate_means_and_stds_over_seeds():
+    a = _sweep("deebert", 0, [(0.1, 0.80, 1.5, (1, 1, 2)), (0.5, 0.70, 3.0, (3, 1, 0))])
+    b = _sweep("deebert", 1, [(0.1, 0.84, 1.7, (0, 2, 2)), (0.5, 0.74, 3.2, (4, 0, 0)), (0.9, 0.5, 6.0, (4, 0, 0))])
+    pts = compare.aggregate([a, b])
+    assert [p.setting for p in pts] == [(("knob", 0.1),), (("knob", 0.5),)]    # 0.9 is missing for seed 0
+    p = pts[0]
+    assert p.metric[0] == pytest.approx(0.82) and p.metric[1] == pytest.approx(math.sqrt(2 * 0.02 ** 2))
+    assert p.rho[0] == pytest.approx(1.6) and p.n_seeds == 2
+    assert p.exit_histogram == pytest.approx((0.125, 0.375, 0.5))
+    assert pts[1].exit_histogram == pytest.approx((0.875, 0.125, 0.0))
+
+
+def test_aggregate_refuses_mixed_methods_and_repeated_seeds():
+    a = _sweep("deebert", 0, [(0.1, 0.8, 1.5, (1, 1, 1))])
+    with pytest.raises(ValueError, match="one method"):
+        compare.aggregate([a, _sweep("pabee", 1, [(0.1, 0.8, 1.5, (1, 1, 1))])])
+    with pytest.raises(ValueError, match="seed listed twice"):
+        compare.aggregate([a, a])
+    with pytest.raises(ValueError, match="no samples"):
+        compare.aggregate([_sweep("x", 0, [(0.1, 0.8, 1.5, (0, 0, 0))])])
+
+
+def test_from_mpee_sweep_keeps_threshold_and_r_ee():
+    sweep = {"metric": "accuracy", "num_layers": 2, "points": [
+        {"threshold": 0.3, "r_ee": 0.5, "metrics": {"accuracy": 0.9}, "rho": 2.0, "exit_layer_counts": {"1": 2}}]}
+    (p,) = compare.aggregate([compare.from_mpee_sweep(sweep, seed=0)])
+    assert p.method == "mpee" and p.setting == (("r_ee", 0.5), ("threshold", 0.3)) and p.exit_histogram == (1.0, 0.0)
+
+
+def test_pareto_interpolation_and_within_tolerance_by_hand():
+    pts = [_pt(0.90, 1.0), _pt(0.88, 2.0), _pt(0.80, 3.0), _pt(0.85, 1.5), _pt(0.70, 2.5)]
+    front = compare.pareto(pts)
+    assert [p.rho[0] for p in front] == [1.0, 2.0, 3.0]              # 1.5 and 2.5 are dominated
+    assert compare.metric_at_rho(pts, 2.0) == pytest.approx(0.88)
+    assert compare.metric_at_rho(pts, 2.5) == pytest.approx(0.84)    # halfway between 0.88 and 0.80
+    assert compare.metric_at_rho(pts, 1.0) == pytest.approx(0.90)
+    assert compare.metric_at_rho(pts, 3.5) is None and compare.metric_at_rho(pts, 0.5) is None
+    assert compare.largest_rho_within(pts, reference=0.89).rho[0] == 2.0
+    assert compare.largest_rho_within(pts, reference=0.95) is None
+    assert compare.closest_to_rho(pts, 2.4).rho[0] == 2.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 1.0), st.floats(1.0, 8.0)), min_size=1, max_size=12),
+       st.floats(1.0, 8.0))
+def test_interpolated_metric_lies_between_front_neighbours(rows, rho):
+    pts = [_pt(m, r) for m, r in rows]
+    front = compare.pareto(pts)
+    for a, b in zip(front, front[1:]):                 # a Pareto front trades metric for speed
+        assert a.rho[0] < b.rho[0] and a.metric[0] > b.metric[0]
+    got = compare.metric_at_rho(pts, rho)
+    if front[0].rho[0] <= rho <= front[-1].rho[0]:
+        assert got is not None
+        assert front[-1].metric[0] - 1e-12 <= got <= front[0].metric[0] + 1e-12
+        assert got >= max((p.metric[0] for p in front if p.rho[0] >= rho), default=-1) - 1e-12
+    else:
+        assert got is None
+
+
+def test_markdown_table_and_plots(tmp_path):
+    by_method = {"mpee": [_pt(0.88, 1.0, "mpee"), _pt(0.87, 2.6, "mpee")],
+                 "static": [_pt(0.80, 1.9, "static")]}
+    md = compare.comparison_markdown(by_method, plain=(0.88, 0.002), metric="accuracy")
+    rows = md.strip().splitlines()
+    assert rows[2].startswith("| mpee | 1 | 87.38 | 2.60× ± 0.00 | 87.00 ± 0.00 | knob 2.6 |"), rows[2]
+    assert rows[3] == "| static | 1 | - | none | - | - |"
+    pytest.importorskip("matplotlib")
+    assert compare.plot_tradeoff(by_method, (0.88, 0.002), "accuracy", tmp_path / "f3.png").stat().st_size > 0
+    chosen = [compare.closest_to_rho(v, 2.0) for v in by_method.values()]
+    assert compare.plot_exit_histograms(chosen, tmp_path / "f4.png").stat().st_size > 0
