@@ -92,3 +92,28 @@ def test_markdown_table_and_plots(tmp_path):
     assert compare.plot_tradeoff(by_method, (0.88, 0.002), "accuracy", tmp_path / "f3.png").stat().st_size > 0
     chosen = [compare.closest_to_rho(v, 2.0) for v in by_method.values()]
     assert compare.plot_exit_histograms(chosen, tmp_path / "f4.png").stat().st_size > 0
+
+
+def test_method_sweep_of_a_tiny_pabee_matches_its_own_inference():
+    import torch
+    from mpee_ref.baselines import PABEE, PABEEConfig
+    from mpee_ref.config import BertConfig
+    from mpee_ref.experiments.batching import EncodedDataset, collate
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32)
+    model = PABEE(cfg, PABEEConfig(num_labels=2)).eval()
+    ids = tuple(tuple([2] + [int(x) for x in torch.randint(5, 50, (n,))] + [3]) for n in (3, 7, 5, 9))
+    data = EncodedDataset(ids, tuple((0,) * len(i) for i in ids), (0, 1, 1, 0))
+    sweep = compare.method_sweep(model, "pabee", data, "sst-2", "accuracy", seed=3, values=(1, 2), batch_size=3)
+    assert sweep["method"] == "pabee" and sweep["seed"] == 3 and sweep["num_layers"] == 3
+    batch = collate(data, range(4), 0)
+    labels = batch.pop("labels")
+    for point, patience in zip(sweep["points"], (1, 2)):
+        out = model.infer(batch, patience=patience)
+        assert point["setting"] == {"patience": float(patience)}
+        assert point["rho"] == pytest.approx(out.rho)
+        assert point["metrics"]["accuracy"] == pytest.approx(float((out.predictions == labels).float().mean()))
+        assert sum(point["exit_layer_counts"].values()) == 4
+        assert point["exit_layer_counts"] == {str(l): int((out.exit_layers == l).sum()) for l in set(out.exit_layers.tolist())}

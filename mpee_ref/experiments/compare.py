@@ -30,6 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..baselines.registry import get_method
+from ..data import compute_metrics
+from ..flops import eq15_speedup
+from .batching import EncodedDataset
+from .evaluate import run_inference
 from .seeds import mean_std
 
 Setting = tuple[tuple[str, float], ...]          # a method's knob values, sorted by name (hashable)
@@ -57,6 +62,24 @@ def from_mpee_sweep(sweep: Mapping[str, Any], seed: int, method: str = "mpee") -
                "rho": p["rho"], "exit_layer_counts": p["exit_layer_counts"]} for p in sweep["points"]]
     return {"method": method, "seed": seed, "metric": sweep["metric"], "num_layers": sweep["num_layers"],
             "points": points}
+
+
+def method_sweep(model: Any, method: str, data: EncodedDataset, task: str, metric: str, seed: int,
+                 values: Sequence[float] | None = None, batch_size: int = 32) -> dict[str, Any]:
+    """Evaluate a trained baseline ``model`` (of ``method``, see :mod:`mpee_ref.baselines.registry`) on
+    ``data`` at every setting of its knob (``values``, default: the method's grid): a method sweep."""
+    spec = get_method(method)
+    L = model.bert_config.num_hidden_layers
+    grid = (None,) if spec.knob is None else tuple(spec.grid if values is None else values)
+    points = []
+    for v in grid:
+        samples = run_inference(model, data, batch_size, **({} if v is None else spec.infer_kwargs(v, L)))
+        exits = [s.exit_layer for s in samples]
+        points.append({"setting": {} if v is None else {spec.knob: float(v)},
+                       "metrics": compute_metrics(task, [s.prediction for s in samples], list(data.labels)),
+                       "rho": eq15_speedup([s.flops.full for s in samples], [s.flops.executed for s in samples]),
+                       "exit_layer_counts": {str(l): exits.count(l) for l in sorted(set(exits))}})
+    return {"method": spec.name, "seed": seed, "metric": metric, "num_layers": L, "points": points}
 
 
 def _setting(point: Mapping[str, Any]) -> Setting:
