@@ -8,8 +8,10 @@ and dtypes against the config's key table (:func:`mpee_ref.io.convert.expected_s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
@@ -110,6 +112,38 @@ def check_finite(state: dict[str, Tensor], source: str | Path) -> None:
     if bad:
         raise ValueError(f"{source}: {len(bad)} tensor(s) hold NaN or Inf values: {', '.join(bad[:5])}"
                          f"{' ...' if len(bad) > 5 else ''}; the model diverged or the file is damaged")
+
+
+#: safetensors dtype codes accepted in a trained-model folder (cast to float32 on load).
+FLOAT_CODES = ("F16", "BF16", "F32", "F64")
+
+
+def check_weights_header(path: Path, build: Callable[[], torch.nn.Module], what: str,
+                         may_miss: tuple[str, ...] = ()) -> None:
+    """Compare the tensor names, shapes and dtypes in ``path``'s header with the model ``build()``
+    makes (called on the meta device without initialisers: no memory), so a wrong ``config.json``
+    (``vocab_size`` 1e9) is refused before anything is allocated. Integer and bool tensors are refused,
+    never cast. Keys containing one of ``may_miss`` may be absent. ``what`` names the model in errors
+    (e.g. ``"the MPEE model of its config.json/mpee_config.json"``)."""
+    with _skip_init(), torch.device("meta"):
+        skeleton = build()
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (a trained-model folder needs {WEIGHTS_NAME})") from None
+    except Exception as e:                   # SafetensorError, OSError...: all mean unreadable
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    missing = sorted(k for k in set(expected) - set(header) if not any(m in k for m in may_miss))
+    unexpected = sorted(set(header) - set(expected))
+    shapes = [f"{k}: file {header[k][1]} vs model {v}" for k, v in expected.items()
+              if k in header and header[k][1] != v]
+    dtypes = [f"{k}: {header[k][0]}" for k in expected if k in header and header[k][0] not in FLOAT_CODES]
+    if missing or unexpected or shapes or dtypes:
+        raise ValueError(f"{path}: does not match {what}; missing "
+                         f"{missing[:10]}{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}, "
+                         f"mis-shaped {shapes[:10]}, non-float {dtypes[:10]}")
 
 
 def check_vocab_fits(folder: Path, cfg: BertConfig) -> None:

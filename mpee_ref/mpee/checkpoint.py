@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..io import load_encoder, load_tokenizer, read_config
 from ..io.atomic import atomic_folder
-from ..io.checkpoint import _skip_init, check_finite, check_vocab_fits
+from ..io.checkpoint import check_finite, check_vocab_fits, check_weights_header
 from .config import PARAMETER_FIELDS, MPEEConfig
 from .model import MPEEModel
 
@@ -81,35 +81,11 @@ def load_mpee(folder: str | Path, seed: int = 0, **config_overrides: Any) -> MPE
     return model.eval()
 
 
-#: safetensors dtype codes accepted in an MPEE folder (cast to float32 on load).
-FLOAT_CODES = ("F16", "BF16", "F32", "F64")
-
-
 def check_mpee_weights_file(path: Path, bert_config: Any, mpee_config: MPEEConfig,
                             may_miss: tuple[str, ...] = ()) -> None:
-    """Compare the tensor names, shapes and dtypes in ``path``'s header with the model the configs
-    describe (built on the meta device: no memory), so a wrong ``config.json`` (``vocab_size`` 1e9) is
-    refused before anything is allocated. Integer and bool tensors are refused, never cast. Keys
-    containing one of ``may_miss`` may be absent from the file."""
-    with _skip_init(), torch.device("meta"):
-        skeleton = MPEEModel(bert_config, mpee_config)
-    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing (an MPEE folder needs model.safetensors)") from None
-    except Exception as e:                   # SafetensorError, OSError...: all mean unreadable
-        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
-    missing = sorted(k for k in set(expected) - set(header) if not any(m in k for m in may_miss))
-    unexpected = sorted(set(header) - set(expected))
-    shapes = [f"{k}: file {header[k][1]} vs model {v}" for k, v in expected.items()
-              if k in header and header[k][1] != v]
-    dtypes = [f"{k}: {header[k][0]}" for k in expected if k in header and header[k][0] not in FLOAT_CODES]
-    if missing or unexpected or shapes or dtypes:
-        raise ValueError(f"{path}: does not match the MPEE model of its config.json/{MPEE_CONFIG}; missing "
-                         f"{missing[:10]}{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}, "
-                         f"mis-shaped {shapes[:10]}, non-float {dtypes[:10]}")
+    """:func:`~mpee_ref.io.checkpoint.check_weights_header` against the MPEE model the configs describe."""
+    check_weights_header(path, lambda: MPEEModel(bert_config, mpee_config),
+                         f"the MPEE model of its config.json/{MPEE_CONFIG}", may_miss)
 
 
 def save_mpee(model: MPEEModel, folder: str | Path, dtype: torch.dtype = torch.float32,

@@ -1,0 +1,106 @@
+"""Saving and loading baseline models (the methods of :mod:`mpee_ref.baselines.registry`).
+
+A baseline folder is a converted encoder folder (``config.json``, ``vocab.txt``) plus
+``baseline_config.json`` (``{"format", "method", "config"}``: the method's name and its config's
+fields) and a ``model.safetensors`` with keys ``bert.<HF BertModel name>`` and ``heads.<k>.<parameter>``.
+Loading checks names, shapes and dtypes against the model the configs describe before allocating,
+and refuses NaN/Inf weights, as :func:`~mpee_ref.mpee.load_mpee` does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..io import load_encoder, load_tokenizer, read_config
+from ..io.atomic import atomic_folder
+from ..io.checkpoint import check_finite, check_vocab_fits, check_weights_header
+from .common import BaselineModel
+from .registry import MethodSpec, get_method
+
+BASELINE_CONFIG = "baseline_config.json"
+FORMAT = "mpee_ref-baseline-1"
+
+
+def _config(spec: MethodSpec, values: dict[str, Any], source: str) -> Any:
+    known = {f.name for f in fields(spec.config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown {spec.config.__name__} field(s) {unknown}; known: {sorted(known)}")
+    if isinstance(values.get("retention"), list):
+        values = {**values, "retention": tuple(values["retention"])}          # JSON has no tuples
+    return spec.config(**values)
+
+
+def new_baseline(method: str, encoder_folder: str | Path, seed: int = 0, **config: Any) -> BaselineModel:
+    """An untrained baseline on a converted encoder: backbone loaded, classifiers initialised with a
+    generator seeded with ``seed`` and then, for pooler heads, copied from the backbone's pooler."""
+    spec = get_method(method)
+    encoder = load_encoder(encoder_folder)
+    cfg = _config(spec, dict(config), f"{method} config")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = spec.model(encoder.config, cfg)
+    model.bert = encoder
+    model.init_heads_from_pooler()
+    model.tokenizer = load_tokenizer(encoder_folder)
+    return model.train()
+
+
+def load_baseline(folder: str | Path, **overrides: Any) -> tuple[str, BaselineModel]:
+    """(method name, model in eval mode with its tokenizer) from a folder written by :func:`save_baseline`.
+    ``overrides`` replace config fields (e.g. ``stage="ramps"`` to continue DeeBERT's training)."""
+    folder = Path(folder)
+    path = folder / BASELINE_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (not a baseline folder written by save_baseline)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r}")
+    spec = get_method(str(meta.get("method")))
+    cfg = _config(spec, {**meta.get("config", {}), **overrides}, str(path))
+    bert_config = read_config(folder)
+    weights = folder / "model.safetensors"
+    check_weights_header(weights, lambda: spec.model(bert_config, cfg), f"the {spec.name} model of {path}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
+    check_finite(state, weights)
+    if (folder / "vocab.txt").is_file():
+        check_vocab_fits(folder, bert_config)
+    model = spec.model(bert_config, cfg)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.tokenizer = load_tokenizer(folder)
+    return spec.name, model.eval()
+
+
+def save_baseline(model: BaselineModel, method: str, folder: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``model`` (of ``method``) as a baseline folder, atomically (a crash never leaves new weights
+    beside an old config); NaN/Inf weights are refused."""
+    spec = get_method(method)
+    if not isinstance(model, spec.model):
+        raise ValueError(f"save_baseline: method {spec.name!r} expects a {spec.model.__name__}, got {type(model).__name__}")
+    folder = Path(folder)
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    check_finite(state, folder)
+    with atomic_folder(folder) as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT, "method": spec.name})
+        config = {**model.bert_config.to_dict(), "architectures": ["BertModel"]}
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is not None:
+            config["do_lower_case"] = bool(getattr(tokenizer, "do_lower_case", True))
+            (tmp / "vocab.txt").write_bytes(Path(tokenizer.vocab_file).read_bytes())
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        meta = {"format": FORMAT, "method": spec.name, "config": asdict(model.config)}
+        (tmp / BASELINE_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return folder
