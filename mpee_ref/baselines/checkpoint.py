@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..io import load_encoder, load_tokenizer, read_config
 from ..io.atomic import atomic_folder
-from ..io.checkpoint import check_finite, check_vocab_fits, check_weights_header
+from ..io.checkpoint import check_finite, check_weights_header, read_trained_state
 from .common import BaselineModel
 from .registry import MethodSpec, get_method
 
@@ -71,15 +70,9 @@ def load_baseline(folder: str | Path, **overrides: Any) -> tuple[str, BaselineMo
     bert_config = read_config(folder)
     weights = folder / "model.safetensors"
     check_weights_header(weights, lambda: spec.model(bert_config, cfg), f"the {spec.name} model of {path}")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
-    check_finite(state, weights)
-    if (folder / "vocab.txt").is_file():
-        check_vocab_fits(folder, bert_config)
+    state = read_trained_state(folder, bert_config)
     model = spec.model(bert_config, cfg)
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.load_state_dict(state)
     model.tokenizer = load_tokenizer(folder)
     return spec.name, model.eval()
 

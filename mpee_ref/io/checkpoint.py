@@ -146,6 +146,22 @@ def check_weights_header(path: Path, build: Callable[[], torch.nn.Module], what:
                          f"mis-shaped {shapes[:10]}, non-float {dtypes[:10]}")
 
 
+def read_trained_state(folder: Path, bert_config: BertConfig) -> dict[str, Tensor]:
+    """The float32 tensors of ``folder``'s ``model.safetensors`` (header checked beforehand), refused
+    when unreadable or holding NaN/Inf; ``vocab.txt``, when present, must fit the embedding."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    path = folder / WEIGHTS_NAME
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    check_finite(state, path)
+    if (folder / VOCAB_NAME).is_file():
+        check_vocab_fits(folder, bert_config)
+    return {k: v.float() for k, v in state.items()}
+
+
 def check_vocab_fits(folder: Path, cfg: BertConfig) -> None:
     """``vocab.txt`` may not have more tokens than the embedding has rows (ids would be out of range)."""
     path = folder / VOCAB_NAME

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..io import load_encoder, load_tokenizer, read_config
 from ..io.atomic import atomic_folder
-from ..io.checkpoint import check_finite, check_vocab_fits, check_weights_header
+from ..io.checkpoint import check_finite, check_weights_header, read_trained_state
 from .config import PARAMETER_FIELDS, MPEEConfig
 from .model import MPEEModel
 
@@ -60,15 +59,9 @@ def load_mpee(folder: str | Path, seed: int = 0, **config_overrides: Any) -> MPE
         path = folder / "model.safetensors"
         # keys, shapes, dtypes: before allocating; standardisers added to a trained model start fresh
         check_mpee_weights_file(path, bert_config, mpee_config, may_miss=(".norm.running_",) if new_norms else ())
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-        check_finite(state, path)
-        if (folder / "vocab.txt").is_file():
-            check_vocab_fits(folder, bert_config)
+        state = read_trained_state(folder, bert_config)
         model = MPEEModel(bert_config, mpee_config)
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=not new_norms)
+        model.load_state_dict(state, strict=not new_norms)
     else:
         mpee_config = MPEEConfig(**config_overrides)
         encoder = load_encoder(folder)           # validated (keys, shapes, dtypes, finite) before any allocation
