@@ -1,9 +1,9 @@
 """``python -m mpee_ref <command>`` (also the ``mpee-ref`` console script).
 
-Subcommands live in the modules of :data:`SUBCOMMAND_MODULES`; each module defines
-``add_parser(subparsers)`` (registering one or more subcommands) and ``run(args) -> int``. To add a
-command, write such a module and append its name here. ``ValueError``/``OSError`` from a command print
-one line ``error: ...`` on stderr and exit with status 2 (no traceback).
+Every command is one module in :data:`COMMANDS` that defines ``add_parser(subparsers)`` (registering that
+command) and ``run(args) -> int``. To add a command, write such a module and add it here.
+``ValueError``/``OSError`` from a command print one line ``error: ...`` on stderr and exit with status 2
+(no traceback).
 """
 
 from __future__ import annotations
@@ -13,26 +13,26 @@ import importlib
 import sys
 from typing import Sequence
 
-SUBCOMMAND_MODULES: list[str] = [
-    "mpee_ref.io.cli",        # convert, fetch-weights
-    "mpee_ref.experiments.cli",  # train, evaluate
-    "mpee_ref.experiments.demo",  # demo
-    "mpee_ref.experiments.sweep",  # sweep (Figs. 1, 3, 4, 5)
-    "mpee_ref.experiments.ablation",  # ablation (Tables 2, 3)
-    "mpee_ref.experiments.diagnose",  # diagnose (per-layer exit-head health)
-]
+#: command -> the module defining its ``add_parser`` and ``run``
+COMMANDS: dict[str, str] = {
+    "convert": "mpee_ref.io.convert",
+    "fetch-weights": "mpee_ref.io.fetch",
+    "train": "mpee_ref.experiments.train",
+    "evaluate": "mpee_ref.experiments.evaluate",
+    "demo": "mpee_ref.experiments.demo",
+    "sweep": "mpee_ref.experiments.sweep",          # Figs. 1, 3, 4, 5
+    "ablation": "mpee_ref.experiments.ablation",    # Tables 2, 3
+    "diagnose": "mpee_ref.experiments.diagnose",    # per-layer exit-head health
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mpee_ref",
-                                     description="MPEE reference implementation tools")
+    parser = argparse.ArgumentParser(prog="python -m mpee_ref", description="MPEE reference implementation tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
+    for command, name in COMMANDS.items():
         module = importlib.import_module(name)
-        before = set(sub.choices)
         module.add_parser(sub)
-        for command in set(sub.choices) - before:
-            sub.choices[command].set_defaults(_run=module.run)
+        sub.choices[command].set_defaults(_run=module.run)
     return parser
 
 

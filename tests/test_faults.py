@@ -27,7 +27,7 @@ from mpee_ref.__main__ import main
 from mpee_ref.experiments import TrainArgs, latest_checkpoint, save_checkpoint, train_model
 from mpee_ref.experiments.runs import (RunLock, check_resume, finite_json, identity_diff, model_fingerprint,
                                       run_identity)
-from mpee_ref.experiments.train import load_train_state
+from mpee_ref.experiments.checkpointing import load_train_state
 from mpee_ref.io import convert_checkpoint, load_encoder, load_tokenizer
 from mpee_ref.io.checkpoint import _skip_init
 from mpee_ref.mpee import MPEEConfig, load_mpee, save_mpee

@@ -114,7 +114,7 @@ def test_fig5_top_and_bottom_keep_different_tokens_of_the_same_count(setup):
     assert all(s.exit_layer == 3 for s in top + bottom)     # layer_exit=False: only the token choice differs
     differ = [a.layers[1].positions != b.layers[1].positions for a, b in zip(top, bottom)]
     assert sum(differ) >= 8
-    ref = evaluate_encoded(model, data, "sst-2", 1, r_ee=0.5, layer_exit=False, token_select="bottom")
+    ref = evaluate_encoded(model, data, "sst-2", 1, r_ee=0.5, layer_exit=False, token_select="bottom").summary
     assert res["bottom"][1]["rho"] == pytest.approx(ref["rho"], rel=1e-12)
     assert res["bottom"][1]["metrics"] == ref["metrics"]
 

@@ -22,7 +22,7 @@ from mpee_ref import BertConfig, BertEncoder
 from mpee_ref.__main__ import main
 from mpee_ref.experiments import (PLAIN_SWITCHES, EpochBatchSampler, TrainArgs, build_config, latest_checkpoint,
                                   linear_schedule, parse_overrides, save_checkpoint, train_model)
-from mpee_ref.experiments.train import load_train_state
+from mpee_ref.experiments.checkpointing import load_train_state
 from mpee_ref.mpee import load_mpee
 
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "film", "the", "a", "is", "was", "plot",

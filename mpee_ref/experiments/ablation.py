@@ -38,14 +38,15 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data import get_task, read_glue
+from ..io.atomic import atomic_text
 from ..mpee import MPEEModel, load_mpee
 from ..mpee.config import ABLATIONS, MPEEConfig
-from .batching import encode_examples
+from .checkpointing import latest_checkpoint
 from .evaluate import evaluate_encoded
-from .options import check_cli_numbers, parse_overrides
-from .runs import OPERATIONAL
-from .train import TrainArgs, _jsonable, latest_checkpoint, train_model
+from .flags import add_flags, command_parser, from_flags
+from .loading import SplitArgs, load_split
+from .runs import OPERATIONAL, jsonable_args
+from .train import TrainArgs, train_model
 
 FORMAT = "mpee_ref-ablation-1"
 #: Table 2's rows in the paper's order: (row name, component for MPEEConfig.without, or None for MPEE).
@@ -70,18 +71,9 @@ def config_changes(base: MPEEConfig, component: str | None) -> dict[str, Any]:
 
 def _evaluate(model: MPEEModel, data: Any, task: str, threshold: float, r_ee: float, batch_size: int,
               max_seq_length: int, **changes: Any) -> dict[str, Any]:
-    """Evaluate with ``changes`` applied to the model's config for this call.
-
-    The config is swapped on the model (and restored) rather than passed as ``infer`` overrides:
-    ``MPEEModel._token_scores`` reads ``self.mpee_config.token_score``, so an inference override of
-    ``token_score`` alone would be silently ignored (reported to the model's owner).
-    """
-    saved = model.mpee_config
-    model.mpee_config = replace(saved, **changes)
-    try:
-        res = evaluate_encoded(model, data, task, batch_size, max_seq_length, "ours", threshold=threshold, r_ee=r_ee)
-    finally:
-        model.mpee_config = saved
+    """A row's results at the operating point, ``changes`` applied as inference overrides."""
+    res = evaluate_encoded(model, data, task, batch_size, max_seq_length, "ours", threshold=threshold, r_ee=r_ee,
+                           **changes).summary
     return {k: res[k] for k in RESULT_KEYS}
 
 
@@ -114,36 +106,32 @@ def inference_only_rows(model: MPEEModel, data: Any, task: str, table: str, thre
 
 def train_args_from_cli(model: str, task: str, data_dir: str, out: str, train_args: str = "",
                         extra: Sequence[str] = ()) -> TrainArgs:
-    """:class:`TrainArgs` from ``train``'s own flags: ``train_args`` (one string) then ``extra``."""
-    from . import train as train_module
+    """:class:`TrainArgs` from ``train``'s own flags (:func:`~mpee_ref.experiments.flags.add_flags`):
+    ``train_args`` (one string) then ``extra``; model, task, data and output folder are ablation's."""
+    tokens = [*shlex.split(train_args), *extra]
+    banned = sorted({t.split("=")[0] for t in tokens} & {"--threads", "--resume", "--overwrite", "--device"})
+    if banned:
+        raise ValueError(f"--train-args: {', '.join(banned)} not allowed here (use ablation's --threads and --device; "
+                         f"finished rows are reused automatically)")
     parser = argparse.ArgumentParser(prog="ablation --train-args", add_help=False)
-    sub = parser.add_subparsers(dest="command")
-    train_module.add_parser(sub)
+    add_flags(parser, TrainArgs)
+    fixed = {"--model": model, "--task": task, "--data-dir": data_dir, "--out": out}
     try:
-        ns = parser.parse_args(["train", "--model", model, "--task", task, "--data-dir", data_dir, "--out", out,
-                                *shlex.split(train_args), *extra])
+        ns = parser.parse_args([x for kv in fixed.items() for x in kv] + tokens)
     except SystemExit:
         raise ValueError(f"--train-args: not valid train flags: {train_args!r}") from None
-    fixed = {"--model": (ns.model, model), "--task": (ns.task, task), "--data-dir": (ns.data_dir, data_dir),
-             "--out": (ns.out, out)}
-    clash = [flag for flag, (got, want) in fixed.items() if got != want]
+    clash = [flag for flag, want in fixed.items() if getattr(ns, flag[2:].replace("-", "_")) != want]
     if clash:
         raise ValueError(f"--train-args: {', '.join(clash)} are set by ablation itself (one folder per row); "
                          f"remove them from --train-args")
-    if ns.threads is not None or ns.resume or ns.overwrite:
-        raise ValueError("--train-args: --threads, --resume and --overwrite are not allowed here (use ablation's --threads; "
-                         "finished rows are reused automatically)")
-    names = {f.name for f in fields(TrainArgs)}
-    kw = {k: v for k, v in vars(ns).items() if k in names}
-    kw.update(ablate=tuple(ns.ablate), overrides=parse_overrides(ns.set_), progress=not ns.no_progress,
-              deterministic=not ns.no_deterministic)
-    return TrainArgs(**kw)
+    return from_flags(TrainArgs, ns)
 
 
 def full_rows(model_dir: str, task: str, data_dir: str, out: str | Path, table: str, data: Any,
               threshold: float = 0.3, r_ee: float = 0.3, batch_size: int = 32, max_seq_length: int = 128,
-              train_args: str = "") -> list[dict[str, Any]]:
-    """Table 2 or 3 rows, one trained model per row (same encoder, seed and flags; see the module doc)."""
+              train_args: str = "", device: str = "cpu") -> list[dict[str, Any]]:
+    """Table 2 or 3 rows, one trained model per row (same encoder, seed and flags; see the module doc),
+    trained and evaluated on ``device``."""
     if table == "table2":
         specs = [(name, ["--ablate", comp] if comp else []) for name, comp in TABLE2_ROWS]
     elif table == "table3":
@@ -154,14 +142,14 @@ def full_rows(model_dir: str, task: str, data_dir: str, out: str | Path, table: 
     first: MPEEConfig | None = None
     for name, extra in specs:
         row_out = Path(out) / "rows" / _slug(extra)
-        targs = train_args_from_cli(model_dir, task, data_dir, str(row_out), train_args, extra)
+        targs = replace(train_args_from_cli(model_dir, task, data_dir, str(row_out), train_args, extra), device=device)
         final = row_out / "final"
         if (final / "mpee_config.json").is_file():
             _check_same_args(row_out, targs)
         else:                         # a row interrupted after a checkpoint continues where it stopped
             targs = replace(targs, resume=latest_checkpoint(row_out) is not None)
             train_model(targs, command=f"ablation {table} row {name!r}")
-        model = load_mpee(final)
+        model = load_mpee(final).to(device)
         first = first if rows else model.mpee_config            # the MPEE / class-attention row comes first
         changes = {f.name: getattr(model.mpee_config, f.name) for f in fields(MPEEConfig)
                    if getattr(model.mpee_config, f.name) != getattr(first, f.name)}
@@ -179,7 +167,7 @@ def _check_same_args(row_out: Path, targs: TrainArgs) -> None:
         raise ValueError(f"{row_out}: has final/ but no train_summary.json; delete the folder to retrain")
     saved = {k: v for k, v in (json.loads(summary.read_text(encoding="utf-8")).get("args") or {}).items()
              if k not in OPERATIONAL}
-    now = {k: v for k, v in _jsonable(targs).items() if k not in OPERATIONAL}
+    now = {k: v for k, v in jsonable_args(targs).items() if k not in OPERATIONAL}
     if saved != now:
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise ValueError(f"{row_out}: was trained with other arguments (differs in {diff}); delete it to retrain")
@@ -215,62 +203,45 @@ def table_markdown(result: dict[str, Any]) -> str:
 
 # ============================================================================ CLI
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("ablation", help="Tables 2 and 3: ablations at a fixed operating point",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(subparsers, "ablation", "Tables 2 and 3: ablations at a fixed operating point", __doc__)
+    add_flags(p, SplitArgs, skip=("model",))
     p.add_argument("--model", default=None, help="encoder folder every row is trained from (full mode)")
-    p.add_argument("--task", required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--out", default="runs/ablation")
-    p.add_argument("--which", choices=("table2", "table3", "both"), default="both")
     p.add_argument("--inference-only", default=None, metavar="MPEE_DIR",
                    help="evaluate the ablations on this trained model at inference, without retraining")
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--which", choices=("table2", "table3", "both"), default="both")
     p.add_argument("--train-args", default="", help="train flags for every row, one string, e.g. '--epochs 1'")
     p.add_argument("--threshold", type=float, default=MPEEConfig().threshold, help="F of every row (nats)")
     p.add_argument("--r-ee", type=float, default=MPEEConfig().r_ee, help="R_ee of every row")
-    p.add_argument("--split", default="dev")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--max-examples", type=int, default=None, help="evaluate on the first N examples")
-    p.add_argument("--threads", type=int, default=None)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """The ``ablation`` command; ValueError/OSError reach ``__main__`` (one line, exit 2)."""
-    check_cli_numbers(args.threads, batch_size=args.batch_size, max_examples=args.max_examples)
     if (args.inference_only is None) == (args.model is None):
         raise ValueError("give exactly one of --model ENCODER_DIR (train one model per row) or "
                          "--inference-only MPEE_DIR")
-    spec = get_task(args.task)
-    folder = Path(args.inference_only or args.model)
-    if not folder.is_dir():
-        raise ValueError(f"{'--inference-only' if args.inference_only else '--model'}: {folder} is not a folder")
-    if args.inference_only and not (folder / "mpee_config.json").is_file():
-        raise ValueError(f"--inference-only: {folder} has no mpee_config.json (expected a trained MPEE folder)")
-    mpee_model = load_mpee(folder)
-    examples = read_glue(spec.name, args.data_dir, args.split)
-    if args.max_examples is not None:
-        examples = examples[:args.max_examples]
-    data = encode_examples(mpee_model.tokenizer, examples, args.max_seq_length)
+    flag = "--inference-only" if args.inference_only else "--model"
+    loaded = load_split(from_flags(SplitArgs, args, model=args.inference_only or args.model), flag=flag,
+                        require_mpee=bool(args.inference_only), encoder_note=bool(args.inference_only))
+    folder, spec, data = loaded.folder, loaded.spec, loaded.data
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tables = ("table2", "table3") if args.which == "both" else (args.which,)
-    for table in tables:
+    for table in (("table2", "table3") if args.which == "both" else (args.which,)):
         if args.inference_only:
-            rows = inference_only_rows(mpee_model, data, spec.name, table, args.threshold, args.r_ee,
+            rows = inference_only_rows(loaded.model, data, spec.name, table, args.threshold, args.r_ee,
                                        args.batch_size, args.max_seq_length)
             for r in rows:
                 r["model"] = str(folder)
         else:
             rows = full_rows(str(folder), spec.name, args.data_dir, out, table, data, args.threshold, args.r_ee,
-                             args.batch_size, args.max_seq_length, args.train_args)
+                             args.batch_size, args.max_seq_length, args.train_args, args.device)
         result = {"format": FORMAT, "table": table, "task": spec.name, "split": args.split,
                   "mode": "inference-only" if args.inference_only else "full", "n_examples": len(data),
                   "threshold": args.threshold, "r_ee": args.r_ee,
                   "metric_names": list(next(r["metrics"] for r in rows if "metrics" in r)),
                   "train_args": None if args.inference_only else args.train_args, "rows": rows}
-        (out / f"{table}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        atomic_text(out / f"{table}.json", json.dumps(result, indent=2) + "\n")
         md = table_markdown(result)
-        (out / f"{table}.md").write_text(md, encoding="utf-8")
+        atomic_text(out / f"{table}.md", md)
         print(md, end="")
     return 0

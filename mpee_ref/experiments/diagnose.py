@@ -34,11 +34,13 @@ from typing import Any
 
 import torch
 
-from ..data import compute_metrics, get_task, read_glue
+from ..data import compute_metrics, get_task
+from ..io.atomic import atomic_text
 from ..layer_exit import exit_entropy
-from ..mpee import MPEEModel, load_mpee
-from .batching import EncodedDataset, collate, encode_examples
-from .options import check_cli_numbers
+from ..mpee import MPEEModel
+from .batching import EncodedDataset, collate
+from .flags import add_flags, command_parser, from_flags
+from .loading import SplitArgs, load_split
 
 DEAD_MAJORITY, DEAD_SPREAD = 0.99, 0.01
 
@@ -47,17 +49,17 @@ DEAD_MAJORITY, DEAD_SPREAD = 0.99, 0.01
 class LayerHealth:
     """One exit head's health on a split (see the module doc for each field)."""
 
-    layer: int
-    metric: dict[str, float]
-    head_metric: dict[str, float]
-    mean_entropy: float
-    logit_spread: float
-    majority_share: float
-    eta: float
-    dead: bool
-    cls_cosine: float
-    cls_feature_std: float
-    cls_max_abs_mean: float
+    layer: int                      # l, 1-based
+    metric: dict[str, float]        # task metric of softmax(C_zm^l), the exit test's input (Eq. 10)
+    head_metric: dict[str, float]   # the same for the head's own logits C_z^l (Eq. 9)
+    mean_entropy: float             # nats; compared with F
+    logit_spread: float             # 0 for a constant head
+    majority_share: float           # 1.0 = one prediction for every sample
+    eta: float                      # mean teacher weight η^l (Eq. 12)
+    dead: bool                      # majority_share >= DEAD_MAJORITY or logit_spread < DEAD_SPREAD
+    cls_cosine: float               # mean cosine between two samples' h_CLS^l
+    cls_feature_std: float          # median over features of the std across samples
+    cls_max_abs_mean: float         # largest |mean| of a feature
 
 
 @torch.no_grad()
@@ -144,30 +146,18 @@ def plot_health(health: list[LayerHealth], metric: str, num_labels: int, path: s
 
 # ============================================================================ CLI
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("diagnose", help="per-layer health of the exit heads (metric, entropy, spread, eta)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="an MPEE folder (train's out/final)")
-    p.add_argument("--task", required=True)
-    p.add_argument("--data-dir", required=True, help="GLUE root or the task folder")
-    p.add_argument("--split", default="dev")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--max-examples", type=int, default=None)
+    p = command_parser(subparsers, "diagnose", "per-layer health of the exit heads (metric, entropy, spread, eta)",
+                       __doc__)
+    add_flags(p, SplitArgs)
     p.add_argument("--out", default=None, help="folder for diagnose.json and diagnose.png")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    check_cli_numbers(args.threads, batch_size=args.batch_size, max_examples=args.max_examples)
-    spec = get_task(args.task)
-    model = load_mpee(args.model)
-    if spec.num_labels != model.mpee_config.num_labels:
-        raise ValueError(f"--model: has {model.mpee_config.num_labels} classes, task {spec.name} has "
-                         f"{spec.num_labels}")
-    examples = read_glue(spec.name, args.data_dir, args.split)[:args.max_examples]
-    data = encode_examples(model.tokenizer, examples, args.max_seq_length)
-    health = layer_health(layer_outputs(model, data, args.batch_size), list(data.labels), spec.name)
+    """The ``diagnose`` command; ValueError/OSError reach ``__main__`` (one line, exit 2)."""
+    loaded = load_split(from_flags(SplitArgs, args))
+    spec, data = loaded.spec, loaded.data
+    health = layer_health(layer_outputs(loaded.model, data, args.batch_size), list(data.labels), spec.name)
     result = {"model": str(args.model), "task": spec.name, "split": args.split, "n_examples": len(data),
               "uniform_eta": 1.0 / len(health), "layers": [asdict(h) for h in health]}
     text = json.dumps(result, indent=2)
@@ -181,8 +171,7 @@ def run(args: argparse.Namespace) -> int:
               f"max |mean| {h.cls_max_abs_mean:.3g}{flag}", file=sys.stderr)
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "diagnose.json").write_text(text + "\n", encoding="utf-8")
+        atomic_text(out / "diagnose.json", text + "\n")
         from .figures import have_matplotlib
         if have_matplotlib():
             plot_health(health, metric, spec.num_labels, out / "diagnose.png")

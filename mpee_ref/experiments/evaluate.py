@@ -21,15 +21,17 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-from ..data import compute_metrics, get_task, read_glue
+from ..data import compute_metrics, get_task
 from ..flops import authors_code_sample_macs, authors_sample_flops, eq15_speedup, sample_flops
-from ..mpee import MPEEModel, SampleResult, load_mpee
+from ..io.atomic import atomic_text
+from ..mpee import MPEEModel, SampleResult
 from .batching import EncodedDataset, collate, encode_examples
-from .options import check_cli_numbers, parse_overrides
+from .flags import add_flags, command_parser, from_flags
+from .loading import SplitArgs, check_model_task, load_split, require_classes
+from .options import parse_overrides
 
 FLOPS_CONVENTIONS = ("ours", "authors", "authors_code", "both", "all")   # both = ours + authors
 
@@ -130,16 +132,39 @@ def _authors_block(samples: Sequence[SampleResult], cfg: Any, L: int, D: int, F:
     return block
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation: the JSON ``summary`` (see the module doc) and the per-sample results behind it."""
+
+    summary: dict[str, Any]
+    samples: list[SampleResult]
+
+
 def evaluate_encoded(model: MPEEModel, data: EncodedDataset, task: str, batch_size: int = 1,
-                     max_seq_length: int = 128, flops_convention: str = "both",
-                     **overrides: Any) -> dict[str, Any]:
-    """:func:`evaluate_model` on already tokenised data (used by ``train`` for periodic dev runs)."""
+                     max_seq_length: int = 128, flops_convention: str = "both", **overrides: Any) -> Evaluation:
+    """:func:`summarize` of :func:`run_inference` on already tokenised data, with wall time and examples/s."""
     t0 = time.perf_counter()
     samples = run_inference(model, data, batch_size, **overrides)
     wall = time.perf_counter() - t0
     result = summarize(samples, data.labels, task, model, max_seq_length, flops_convention, **overrides)
     result.update(batch_size=batch_size, wall_time_s=wall, examples_per_s=len(samples) / wall if wall else None)
-    result["_samples"] = samples
+    return Evaluation(result, samples)
+
+
+def evaluate_data(model: MPEEModel, data: EncodedDataset, task: str, batch_size: int = 1, *,
+                  max_seq_length: int = 128, flops_convention: str = "both", verify_batch1: int = 0,
+                  **overrides: Any) -> dict[str, Any]:
+    """:func:`evaluate_encoded`'s summary; with ``batch_size > 1`` and ``verify_batch1`` the first examples
+    are re-run one at a time and the differences reported under ``batch_consistency``."""
+    ev = evaluate_encoded(model, data, task, batch_size, max_seq_length, flops_convention, **overrides)
+    result = ev.summary
+    if batch_size > 1 and verify_batch1 > 0:
+        n = min(verify_batch1, len(data))
+        single = run_inference(model, data, 1, indices=range(n), **overrides)
+        result["batch_consistency"] = {
+            "checked": n,
+            "prediction_mismatches": sum(a.prediction != b.prediction for a, b in zip(ev.samples, single)),
+            "exit_layer_mismatches": sum(a.exit_layer != b.exit_layer for a, b in zip(ev.samples, single))}
     return result
 
 
@@ -161,58 +186,21 @@ def evaluate_model(model: MPEEModel, examples: Sequence[Any], task: str, batch_s
         A JSON-serialisable dict (see the module doc).
     """
     spec = get_task(task)
-    if spec.task_type != "classification":
-        raise ValueError(f"task: {spec.name} is a regression task; MPEE's entropy exits need classes")
+    require_classes(spec)
     if model.tokenizer is None:
         raise ValueError("model: has no tokenizer; load it with mpee_ref.load_mpee(folder)")
-    if spec.num_labels != model.mpee_config.num_labels:
-        raise ValueError(f"model: has {model.mpee_config.num_labels} classes, task {spec.name} has "
-                         f"{spec.num_labels}")
+    check_model_task(model, spec)
     data = encode_examples(model.tokenizer, examples, max_seq_length)
-    result = evaluate_encoded(model, data, spec.name, batch_size, max_seq_length, flops_convention, **overrides)
-    samples = result.pop("_samples")
-    if batch_size > 1 and verify_batch1 > 0:
-        n = min(verify_batch1, len(data))
-        single = run_inference(model, data, 1, indices=range(n), **overrides)
-        result["batch_consistency"] = {
-            "checked": n,
-            "prediction_mismatches": sum(a.prediction != b.prediction for a, b in zip(samples, single)),
-            "exit_layer_mismatches": sum(a.exit_layer != b.exit_layer for a, b in zip(samples, single))}
-    return result
-
-
-def model_task(folder: Path) -> str | None:
-    """The task a trained MPEE folder was trained on: ``task.json``'s ``task``, else the ``args.task`` of
-    ``train_summary.json``; None for a folder that records neither (an encoder folder)."""
-    for name, get in (("task.json", lambda d: d.get("task")),
-                      ("train_summary.json", lambda d: (d.get("args") or {}).get("task"))):
-        path = folder / name
-        if not path.is_file():
-            continue
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        task = get(d) if isinstance(d, dict) else None
-        if not isinstance(task, str):
-            raise ValueError(f"{path}: expected a JSON object with a task name, got {task!r:.60}")
-        return get_task(task).name
-    return None
+    return evaluate_data(model, data, spec.name, batch_size, max_seq_length=max_seq_length,
+                         flops_convention=flops_convention, verify_batch1=verify_batch1, **overrides)
 
 
 # ============================================================================ CLI
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("evaluate", help="MPEE inference on a GLUE split: metric, rho (Eq. 15), exits",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="an MPEE folder (train's out/final)")
-    p.add_argument("--task", required=True, help="GLUE task, e.g. sst-2")
-    p.add_argument("--data-dir", required=True, help="GLUE root or the task folder")
-    p.add_argument("--split", default="dev")
+    p = command_parser(subparsers, "evaluate", "MPEE inference on a GLUE split: metric, rho (Eq. 15), exits", __doc__)
+    add_flags(p, SplitArgs, defaults={"batch_size": 1})
     p.add_argument("--threshold", type=float, default=None, help="F, entropy exit threshold (nats)")
     p.add_argument("--r-ee", type=float, default=None, help="R_ee of Eq. 7")
-    p.add_argument("--batch-size", type=int, default=1, help="inference batch size (paper: 1)")
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--max-examples", type=int, default=None, help="evaluate the first N examples only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_",
                    help="any MPEEConfig field for this run (repeatable)")
     p.add_argument("--flops-convention", choices=FLOPS_CONVENTIONS, default="all",
@@ -220,10 +208,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "runs), 'both' (ours + authors) or 'all'")
     p.add_argument("--verify-batch1", type=int, default=64, metavar="N",
                    help="with --batch-size > 1, re-run the first N examples at batch 1 and compare (0: off)")
-    p.add_argument("--allow-task-mismatch", action="store_true",
-                   help="evaluate even if the model was trained on another task (task.json / train_summary.json)")
     p.add_argument("--json", default=None, help="also write the result to this file")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     return p
 
 
@@ -231,37 +216,22 @@ def run(args: argparse.Namespace) -> int:
     """The ``evaluate`` command; ValueError/OSError reach ``__main__`` (one line, exit 2)."""
     import torch
 
-    check_cli_numbers(args.threads, batch_size=args.batch_size, max_examples=args.max_examples)
-    spec = get_task(args.task)
     overrides = parse_overrides(args.set_)
     if args.threshold is not None:
         overrides["threshold"] = args.threshold
     if args.r_ee is not None:
         overrides["r_ee"] = args.r_ee
-    folder = Path(args.model)
-    if not folder.is_dir():
-        raise ValueError(f"--model: {folder} is not a folder")
-    trained_on = model_task(folder)
-    if trained_on is not None and trained_on != spec.name and not args.allow_task_mismatch:
-        raise ValueError(f"{folder}: the model was trained on {trained_on}, not {spec.name}; its classes mean "
-                         f"other things (pass --allow-task-mismatch to evaluate anyway)")
-    examples = read_glue(spec.name, args.data_dir, args.split)
-    if args.max_examples is not None:
-        examples = examples[:args.max_examples]
-    model = load_mpee(folder)
-    if not (folder / "mpee_config.json").exists():
-        print(f"note: {folder} is an encoder folder: the exit heads are untrained", file=sys.stderr)
-    result = evaluate_model(model, examples, spec.name, args.batch_size, max_seq_length=args.max_seq_length,
-                            flops_convention=args.flops_convention, verify_batch1=args.verify_batch1,
-                            **overrides)
-    result.update(model=str(folder), split=args.split, torch_threads=torch.get_num_threads())
+    loaded = load_split(from_flags(SplitArgs, args))
+    result = evaluate_data(loaded.model, loaded.data, loaded.spec.name, args.batch_size,
+                           max_seq_length=args.max_seq_length, flops_convention=args.flops_convention,
+                           verify_batch1=args.verify_batch1, **overrides)
+    result.update(model=str(loaded.folder), split=args.split, torch_threads=torch.get_num_threads())
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+        atomic_text(args.json, text + "\n")
     m = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-    print(f"{spec.name} {args.split}: {m} | rho {result['rho']:.2f}x | mean exit layer "
+    print(f"{loaded.spec.name} {args.split}: {m} | rho {result['rho']:.2f}x | mean exit layer "
           f"{result['mean_exit_layer']:.2f} | {result['examples_per_s']:.1f} ex/s", file=sys.stderr)
     bc = result.get("batch_consistency")
     if bc and (bc["prediction_mismatches"] or bc["exit_layer_mismatches"]):

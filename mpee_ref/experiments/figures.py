@@ -132,10 +132,10 @@ def fig5_token_select(model: MPEEModel, data: EncodedDataset, task: str, r_ees: 
     for r in r_ees:
         kept: dict[str, list[set[int]]] = {}
         for select in ("top", "bottom"):
-            res = evaluate_encoded(model, data, task, batch_size, max_seq_length, "ours",
-                                   r_ee=float(r), layer_exit=False, token_select=select)
-            kept[select] = [set(s.layers[-1].positions) - {-1} for s in res["_samples"]]
-            out[select].append({k: res[k] for k in ("metrics", "rho", "mean_tokens_per_layer")})
+            ev = evaluate_encoded(model, data, task, batch_size, max_seq_length, "ours",
+                                  r_ee=float(r), layer_exit=False, token_select=select)
+            kept[select] = [set(s.layers[-1].positions) - {-1} for s in ev.samples]
+            out[select].append({k: ev.summary[k] for k in ("metrics", "rho", "mean_tokens_per_layer")})
         overlap = [len(a & b) / len(a | b) for a, b in zip(kept["top"], kept["bottom"])]
         out["kept_overlap"].append(sum(overlap) / len(overlap))
     return out

