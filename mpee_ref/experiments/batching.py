@@ -94,15 +94,16 @@ def collate(data: EncodedDataset, indices: Sequence[int], pad_token_id: int = 0)
         raise ValueError("indices: a batch needs at least one example")
     T = max(len(data.input_ids[i]) for i in indices)
     B = len(indices)
-    input_ids = torch.full((B, T), pad_token_id, dtype=torch.long)                 # (B, T)
-    mask = torch.zeros((B, T), dtype=torch.long)                                  # (B, T)
-    types = torch.zeros((B, T), dtype=torch.long)                                 # (B, T)
+    host = torch.device("cpu")                  # built on the host; the caller moves it to the model's device
+    input_ids = torch.full((B, T), pad_token_id, dtype=torch.long, device=host)   # (B, T)
+    mask = torch.zeros((B, T), dtype=torch.long, device=host)                     # (B, T)
+    types = torch.zeros((B, T), dtype=torch.long, device=host)                    # (B, T)
     for row, i in enumerate(indices):
         n = len(data.input_ids[i])
-        input_ids[row, :n] = torch.tensor(data.input_ids[i])
-        types[row, :n] = torch.tensor(data.token_type_ids[i])
+        input_ids[row, :n] = torch.tensor(data.input_ids[i], device=host)
+        types[row, :n] = torch.tensor(data.token_type_ids[i], device=host)
         mask[row, :n] = 1
-    labels = torch.tensor([data.labels[i] for i in indices], dtype=torch.long)    # (B,)
+    labels = torch.tensor([data.labels[i] for i in indices], dtype=torch.long, device=host)   # (B,)
     return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types, "labels": labels}
 
 
@@ -137,8 +138,8 @@ class EpochBatchSampler:
     def epoch_indices(self, epoch: int) -> list[int]:
         """This rank's indices for ``epoch``, in visiting order."""
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
+            g = torch.Generator(device="cpu").manual_seed(self.seed + epoch)
+            order = torch.randperm(self.n, generator=g, device="cpu").tolist()
         else:
             order = list(range(self.n))
         total = self.per_rank * self.world_size
