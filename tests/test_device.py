@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from mpee_ref.config import BertConfig
@@ -107,3 +108,23 @@ def test_evaluate_data_under_a_meta_default_device_matches_the_cpu_default(tmp_p
                                           "authors_flops", "authors_code_flops", "batch_consistency")})
     assert results[0] == results[1]
     assert results[0]["batch_consistency"]["prediction_mismatches"] == 0
+
+
+def test_fig1_runs_the_encoder_on_the_models_device(monkeypatch):
+    from mpee_ref.experiments.figures import fig1_token_similarity
+
+    model = MPEEModel(BERT, MPEEConfig(num_labels=3)).to("meta").eval()    # a model on another device
+    seen = []
+
+    class Seen(Exception):
+        pass
+
+    def record(*inputs, **kw):
+        seen.append({t.device.type for t in inputs})
+        raise Seen                                                          # nothing to compute on meta
+
+    monkeypatch.setattr(model.bert, "forward", record)
+    data = EncodedDataset(input_ids=((2, 10, 11, 3), (2, 12, 3)), token_type_ids=((0,) * 4, (0,) * 3), labels=(0, 1))
+    with pytest.raises(Seen):
+        fig1_token_similarity(model, data, batch_size=2)
+    assert seen == [{"meta"}]

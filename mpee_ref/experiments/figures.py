@@ -75,10 +75,12 @@ def fig1_token_similarity(model: MPEEModel, data: EncodedDataset, batch_size: in
     was_training = model.training
     model.eval()
     L = model.bert_config.num_hidden_layers
+    device = next(model.parameters()).device
     sums, count = [0.0] * (L + 1), 0
     try:
         for start in range(0, len(data), batch_size):
             batch = collate(data, range(start, min(start + batch_size, len(data))), model.bert_config.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}                   # the model's device
             out = model.bert(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                              output_hidden_states=True)
             keep = batch["attention_mask"].sum(1) >= 2                             # (B,)
