@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Sequence
