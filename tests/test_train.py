@@ -278,3 +278,18 @@ def test_cli_errors_are_one_line_and_exit_2(tiny, tmp_path, capsys):
     rc = main(["train", "--model", str(tiny["enc"]), "--task", "sst-2", "--data-dir", str(tiny["data"]),
                "--out", str(tmp_path / "o"), "--set", "bogus=1"])
     assert rc == 2 and "bogus" in capsys.readouterr().err
+
+
+def test_stale_temporaries_of_final_and_checkpoints_are_removed_and_nothing_else(tmp_path):
+    from mpee_ref.experiments.runs import clean_temporaries
+    from mpee_ref.io.atomic import atomic_text
+
+    for name in (".final.tmp-ab12", ".checkpoint-7.tmp-x_9", ".final.old-123", ".finalize.tmp-1", "final",
+                 "checkpoint-7", ".checkpoint-7.keep"):
+        (tmp_path / name).mkdir()
+    atomic_text(tmp_path / "run.json", "{}\n")
+    atomic_text(tmp_path / "run.json", '{"a": 1}\n')                      # replaced whole, no temporary left
+    assert sorted(clean_temporaries(tmp_path)) == [".checkpoint-7.tmp-x_9", ".final.old-123", ".final.tmp-ab12"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".checkpoint-7.keep", ".finalize.tmp-1", "checkpoint-7",
+                                                          "final", "run.json"]
+    assert (tmp_path / "run.json").read_text() == '{"a": 1}\n'

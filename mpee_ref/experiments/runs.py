@@ -39,6 +39,7 @@ from typing import Any, Iterable
 import torch
 
 from ..data.glue import resolve_split_path
+from ..io.atomic import remove_stale_siblings
 from ..io.convert import CONFIG_NAME, find_weights_file, read_json, sha256_file
 
 RUN_FILE = "run.json"
@@ -192,14 +193,10 @@ def prepare_fresh(out: Path, identity: dict[str, Any], overwrite: bool) -> list[
 
 
 def clean_temporaries(out: Path) -> list[str]:
-    """Remove the temporary dot-folders (``.final.tmp-*``, ``.checkpoint-7.tmp-*``...) that a killed writer
-    left behind; called while holding the run lock, so no live writer owns them."""
-    removed = []
-    for p in Path(out).glob(".*"):
-        if p.is_dir() and p.name.startswith((".final.", ".checkpoint-")) and (".tmp" in p.name or ".old-" in p.name):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p.name)
-    return removed
+    """Remove the temporary dot-folders of ``final/`` and ``checkpoint-*/`` (``.final.tmp-*``,
+    ``.checkpoint-7.tmp-*``...) that a killed writer left behind; called while holding the run lock, so no
+    live writer owns them."""
+    return [p.name for p in remove_stale_siblings(out, "final", "checkpoint-*")]
 
 
 def resume_point(out: Path) -> Path:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fnmatch
 import os
 import shutil
 import tempfile
@@ -94,12 +95,20 @@ def atomic_folder(dst: str | Path) -> Iterator[Path]:
         raise
 
 
-def remove_stale_siblings(folder: str | Path, name: str) -> list[Path]:
-    """Remove ``.<name>.tmp-*`` / ``.<name>.old-*`` folders a killed writer left in ``folder``."""
+def remove_stale_siblings(folder: str | Path, *patterns: str) -> list[Path]:
+    """Remove what a killed writer left in ``folder``: the temporary siblings (``.<name>.tmp-*`` and
+    ``.<name>.old-*`` folders, ``.<name>.tmp`` files) of every ``name`` matching one of the glob
+    ``patterns`` (``"final"``, ``"checkpoint-*"``). Call it only while no writer is live."""
     removed = []
-    for p in Path(folder).glob(f".{name}.*"):
-        if p.is_dir() and (p.name.startswith(f".{name}.tmp-") or p.name.startswith(f".{name}.old-")):
-            shutil.rmtree(p, ignore_errors=True)
+    for p in sorted(Path(folder).glob(".*")):
+        name, dot, tail = p.name[1:].rpartition(".")
+        if not dot or not (tail == "tmp" or tail.startswith(("tmp-", "old-"))):
+            continue
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             removed.append(p)
     return removed
 
