@@ -25,7 +25,7 @@ def test_new_baseline_is_seeded_and_starts_from_the_pooler(minilm_dir, deebert):
 
 
 def test_round_trip_gives_the_same_predictions(deebert, tmp_path):
-    save_baseline(deebert, "deebert", tmp_path / "m")
+    save_baseline(deebert, tmp_path / "m")
     meta = json.loads((tmp_path / "m" / BASELINE_CONFIG).read_text())
     assert meta["method"] == "deebert" and meta["config"]["entropy_threshold"] == 0.2
     method, loaded = load_baseline(tmp_path / "m", stage="ramps")
@@ -40,12 +40,12 @@ def test_round_trip_gives_the_same_predictions(deebert, tmp_path):
 def test_errors_name_the_file_and_the_problem(deebert, tmp_path):
     with pytest.raises(FileNotFoundError, match=BASELINE_CONFIG):
         load_baseline(tmp_path)
-    folder = save_baseline(deebert, "deebert", tmp_path / "m")
+    folder = save_baseline(deebert, tmp_path / "m")
     with pytest.raises(ValueError, match="unknown DeeBERTConfig field"):
         load_baseline(folder, patience=3)
     (folder / BASELINE_CONFIG).write_text(json.dumps({"format": "mpee_ref-baseline-1", "method": "static",
                                                       "config": {"num_labels": 2}}))
     with pytest.raises(ValueError, match=r"does not match the static model.*unexpected \['heads\.1"):
         load_baseline(folder)                               # six classifiers in the file, one in the model
-    with pytest.raises(ValueError, match="expects a PABEE"):
-        save_baseline(deebert, "pabee", tmp_path / "x")
+    with pytest.raises(ValueError, match="not a registered baseline"):
+        save_baseline(torch.nn.Linear(2, 2), tmp_path / "x")

@@ -116,4 +116,4 @@ def test_method_sweep_of_a_tiny_pabee_matches_its_own_inference():
         assert point["rho"] == pytest.approx(out.rho)
         assert point["metrics"]["accuracy"] == pytest.approx(float((out.predictions == labels).float().mean()))
         assert sum(point["exit_layer_counts"].values()) == 4
-        assert point["exit_layer_counts"] == {str(l): int((out.exit_layers == l).sum()) for l in set(out.exit_layers.tolist())}
+        assert point["exit_layer_counts"] == {str(l): int((out.exit_layers == l).sum()) for l in (1, 2, 3)}

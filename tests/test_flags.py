@@ -30,6 +30,8 @@ def _argv(args: TrainArgs) -> list[str]:
         v, flag = getattr(args, f.name), "--" + f.name.replace("_", "-")
         if f.name == "overrides":
             out += [x for k, val in v.items() for x in ("--set", f"{k}={val}")]
+        elif f.name == "options":
+            out += [x for k, val in v.items() for x in ("--option", f"{k}={val}")]
         elif f.name == "ablate":
             out += [x for c in v for x in ("--ablate", c)]
         elif isinstance(v, bool):
@@ -57,9 +59,16 @@ def test_every_train_args_field_round_trips_a_non_default_value():
                         resume=True, stop_after_steps=4, progress=False, deterministic=False, device="cuda:1",
                         **REQUIRED)
     defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(TrainArgs)}
+                for f in dataclasses.fields(TrainArgs) if f.name not in BASELINE_FIELDS}
     assert all(getattr(changed, k) != v for k, v in defaults.items())         # every field is off its default
     assert from_flags(TrainArgs, _parser(TrainArgs).parse_args(_argv(changed))) == changed
+    baseline = TrainArgs(model="M", method="deebert", stage="ramps", freeze_backbone=True,
+                         options={"head_norm": "true", "entropy_threshold": "0.2"}, **REQUIRED)
+    assert all(getattr(baseline, k) != getattr(changed, k) for k in BASELINE_FIELDS)   # the MPEE-only run's
+    assert from_flags(TrainArgs, _parser(TrainArgs).parse_args(_argv(baseline))) == baseline
+
+
+BASELINE_FIELDS = ("method", "stage", "options")          # --method X: only with MPEE's options at default
 
 
 def test_flag_names_of_the_train_command_are_kept():

@@ -19,9 +19,9 @@ from safetensors.torch import save_file
 
 from ..io import load_encoder, load_tokenizer, read_config
 from ..io.atomic import atomic_folder
-from ..io.checkpoint import check_finite, check_weights_header, read_trained_state
+from ..io.checkpoint import check_finite, check_weights_header, read_trained_state, write_encoder_config
 from .common import BaselineModel
-from .registry import MethodSpec, get_method
+from .registry import METHODS, MethodSpec, get_method
 
 BASELINE_CONFIG = "baseline_config.json"
 FORMAT = "mpee_ref-baseline-1"
@@ -77,23 +77,37 @@ def load_baseline(folder: str | Path, **overrides: Any) -> tuple[str, BaselineMo
     return spec.name, model.eval()
 
 
-def save_baseline(model: BaselineModel, method: str, folder: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Write ``model`` (of ``method``) as a baseline folder, atomically (a crash never leaves new weights
-    beside an old config); NaN/Inf weights are refused."""
-    spec = get_method(method)
-    if not isinstance(model, spec.model):
-        raise ValueError(f"save_baseline: method {spec.name!r} expects a {spec.model.__name__}, got {type(model).__name__}")
+def method_of(model: BaselineModel) -> MethodSpec:
+    """The registered method whose model class ``model`` is."""
+    for spec in METHODS.values():
+        if type(model) is spec.model:
+            return spec
+    raise ValueError(f"{type(model).__name__} is not a registered baseline model ({sorted(METHODS)})")
+
+
+def save_baseline(model: BaselineModel, folder: str | Path, dtype: torch.dtype = torch.float32,
+                  extra_files: dict[str, str] | None = None) -> Path:
+    """Write ``model`` as a baseline folder, atomically (a crash never leaves new weights beside an old
+    config); NaN/Inf weights are refused. ``extra_files``: more text files (name -> content)."""
     folder = Path(folder)
-    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
-    check_finite(state, folder)
     with atomic_folder(folder) as tmp:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT, "method": spec.name})
-        config = {**model.bert_config.to_dict(), "architectures": ["BertModel"]}
-        tokenizer = getattr(model, "tokenizer", None)
-        if tokenizer is not None:
-            config["do_lower_case"] = bool(getattr(tokenizer, "do_lower_case", True))
-            (tmp / "vocab.txt").write_bytes(Path(tokenizer.vocab_file).read_bytes())
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        meta = {"format": FORMAT, "method": spec.name, "config": asdict(model.config)}
-        (tmp / BASELINE_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_baseline_files(model, tmp, dtype, extra_files, label=folder)
     return folder
+
+
+def write_baseline_files(model: BaselineModel, folder: Path, dtype: torch.dtype = torch.float32,
+                         extra_files: dict[str, str] | None = None, label: Path | None = None) -> None:
+    """The files of a baseline folder, written into the existing (temporary) ``folder``; ``label`` names
+    the final folder in errors."""
+    spec = method_of(model)
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    try:
+        check_finite(state, label or folder)
+    except ValueError as e:
+        raise ValueError(f"refusing to save: {e}") from None
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": FORMAT, "method": spec.name})
+    write_encoder_config(model.bert_config, getattr(model, "tokenizer", None), folder)
+    meta = {"format": FORMAT, "method": spec.name, "config": asdict(model.config)}
+    (folder / BASELINE_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    for name, text in (extra_files or {}).items():
+        (folder / name).write_text(text, encoding="utf-8")

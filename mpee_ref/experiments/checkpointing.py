@@ -16,8 +16,7 @@ from typing import Any
 import torch
 
 from ..io.atomic import atomic_folder
-from ..mpee import MPEEModel
-from ..mpee.checkpoint import write_mpee_files
+from .families import Model, write_model_files
 from .runs import Diverged, weights_finite
 
 STATE_FILE = "train_state.pt"
@@ -43,7 +42,7 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def save_checkpoint(out: Path, model: MPEEModel, state: dict[str, Any], keep_last: int = 1,
+def save_checkpoint(out: Path, model: Model, state: dict[str, Any], keep_last: int = 1,
                     protect: Path | None = None) -> Path:
     """Write ``out/checkpoint-<step>/`` whole under a temporary name and rename it into place (an existing
     folder of that name is replaced, never kept); prune older ones, except ``protect`` (the folder a
@@ -53,7 +52,7 @@ def save_checkpoint(out: Path, model: MPEEModel, state: dict[str, Any], keep_las
         raise Diverged(f"{final}: refusing to save a checkpoint whose weights hold NaN/Inf")
     try:
         with atomic_folder(final) as tmp:
-            write_mpee_files(model, tmp, label=final)
+            write_model_files(model, tmp, label=final)
             torch.save(state, tmp / STATE_FILE)
     except RuntimeError as e:            # torch.save reports a full disk as a RuntimeError
         raise OSError(f"{final}: could not write the checkpoint ({str(e).splitlines()[0]})") from None

@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..baselines.registry import get_method
-from ..data import compute_metrics
-from ..flops import eq15_speedup
 from .batching import EncodedDataset
 from .evaluate import run_inference
+from .families import summarize_baseline
 from .seeds import mean_std
 
 Setting = tuple[tuple[str, float], ...]          # a method's knob values, sorted by name (hashable)
@@ -74,11 +73,9 @@ def method_sweep(model: Any, method: str, data: EncodedDataset, task: str, metri
     points = []
     for v in grid:
         samples = run_inference(model, data, batch_size, **({} if v is None else spec.infer_kwargs(v, L)))
-        exits = [s.exit_layer for s in samples]
+        res = summarize_baseline(samples, data.labels, task, model)
         points.append({"setting": {} if v is None else {spec.knob: float(v)},
-                       "metrics": compute_metrics(task, [s.prediction for s in samples], list(data.labels)),
-                       "rho": eq15_speedup([s.flops.full for s in samples], [s.flops.executed for s in samples]),
-                       "exit_layer_counts": {str(l): exits.count(l) for l in sorted(set(exits))}})
+                       **{k: res[k] for k in ("metrics", "rho", "exit_layer_counts", "mean_exit_layer")}})
     return {"method": spec.name, "seed": seed, "metric": metric, "num_layers": L, "points": points}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..mpee.config import ABLATIONS, MPEEConfig
 
@@ -33,7 +33,7 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-def _parse_value(key: str, annotation: str, raw: str) -> Any:
+def _parse_value(key: str, annotation: str, raw: str, flag: str = "--set") -> Any:
     text = raw.strip()
     optional = "None" in annotation
     if optional and text.lower() in ("none", "null", ""):
@@ -50,30 +50,40 @@ def _parse_value(key: str, annotation: str, raw: str) -> Any:
             return int(text)
         if base == "float":
             return float(text)
-        if base.startswith("tuple[int"):
-            return tuple(int(x) for x in text.replace(" ", "").strip("()[]").split(",") if x)
+        for name, kind in (("tuple[int", int), ("tuple[float", float)):
+            if base.startswith(name):
+                return tuple(kind(x) for x in text.replace(" ", "").strip("()[]").split(",") if x)
     except ValueError:
-        raise ValueError(f"--set {key}={raw}: expected {annotation}, got {raw!r}") from None
+        raise ValueError(f"{flag} {key}={raw}: expected {annotation}, got {raw!r}") from None
     return text
 
 
-def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
-    """``["threshold=0.2", "prune_layers=2,4"]`` -> ``{"threshold": 0.2, "prune_layers": (2, 4)}``.
-
-    Values are parsed by the field's type (bool: true/false/1/0; ``None``/``null`` for optional fields;
-    tuples as comma lists). Unknown keys raise ``ValueError`` listing the known ones.
-    """
-    types = {f.name: str(f.type) for f in dataclasses.fields(MPEEConfig)}
-    out: dict[str, Any] = {}
+def parse_pairs(pairs: Iterable[str], flag: str = "--set") -> dict[str, str]:
+    """``["a=1", "b-c=x"]`` -> ``{"a": "1", "b_c": "x"}`` (values still text)."""
+    out: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"--set: expected key=value, got {pair!r}")
+            raise ValueError(f"{flag}: expected key=value, got {pair!r}")
         key, raw = pair.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key not in types:
-            raise ValueError(f"--set: unknown MPEEConfig field {key!r}; known fields: {sorted(types)}")
-        out[key] = _parse_value(key, types[key], raw)
+        out[key.strip().replace("-", "_")] = raw
     return out
+
+
+def typed_fields(cls: type, raw: Mapping[str, str], flag: str = "--set") -> dict[str, Any]:
+    """Text values of fields of the dataclass ``cls``, parsed by the field's type (bool: true/false/1/0;
+    ``None``/``null`` for optional fields; tuples as comma lists); unknown keys raise ``ValueError``
+    listing the known ones."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(types))
+    if unknown:
+        raise ValueError(f"{flag}: unknown {cls.__name__} field {unknown[0]!r}; known fields: {sorted(types)}")
+    return {key: _parse_value(key, types[key], text, flag) for key, text in raw.items()}
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """``["threshold=0.2", "prune_layers=2,4"]`` -> ``{"threshold": 0.2, "prune_layers": (2, 4)}``
+    (:class:`MPEEConfig` fields, see :func:`typed_fields`)."""
+    return typed_fields(MPEEConfig, parse_pairs(pairs, "--set"), "--set")
 
 
 def build_config(num_labels: int, num_layers: int, *, preset: str = "paper", ablate: Sequence[str] = (),

@@ -32,7 +32,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -93,6 +93,18 @@ def data_fingerprint(task: str, data_dir: str | Path) -> dict[str, str]:
 def jsonable_args(args: Any) -> dict[str, Any]:
     """A TrainArgs as JSON types (tuples become lists)."""
     return json.loads(json.dumps(asdict(args)))
+
+
+def argument_defaults(args: Any) -> dict[str, Any]:
+    """The default values (as JSON) of the fields of the dataclass ``args`` that have one. A field added
+    to TrainArgs after a checkpoint was written is missing from its identity: that run used the default."""
+    out = {}
+    for f in fields(args):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return json.loads(json.dumps(out))
 
 
 def run_identity(args: Any, model_info: dict[str, str] | None) -> dict[str, Any]:
@@ -218,6 +230,7 @@ def check_resume(saved_state: dict[str, Any], ckpt: Path, identity: dict[str, An
     """
     if "identity" in saved_state:
         saved = json.loads(saved_state["identity"])
+        saved = {**{k: v for k, v in argument_defaults(args).items() if k in identity}, **saved}
         diff = identity_diff(saved, identity)
         note = None
         if saved.get("code_version") != identity["code_version"]:

@@ -67,19 +67,26 @@ import torch.nn.functional as F
 from ..data import TaskSpec, get_task, read_glue
 from ..io import read_config
 from ..io.atomic import atomic_text
-from ..mpee import MPEEModel, load_mpee, save_mpee
+from ..baselines import BaselineTrainOutput
+from ..baselines.registry import METHODS, get_method
+from ..mpee import MPEEModel, load_mpee
 from . import distributed
 from .batching import EncodedDataset, EpochBatchSampler, collate, encode_examples
 from .checkpointing import STATE_FORMAT, latest_checkpoint, load_train_state, save_checkpoint
 from .distributed import DistContext
 from .evaluate import run_inference, summarize
+from .families import Model, build_baseline, config_dict, load_trained, method_name, num_labels, save_final, \
+    summarize_baseline
 from .flags import add_flags, arg, command_parser, from_flags, resolve_device
 from .loading import require_classes
 from .monitor import InterruptFlag, Progress, RunLog
-from .options import MODES, PRESETS, build_config, check_cli_numbers, parse_overrides
+from .options import MODES, PRESETS, build_config, check_cli_numbers, parse_overrides, parse_pairs, typed_fields
 from .runs import (RUN_FILE, Diverged, Interrupted, RunLock, check_numbers, check_resume, clean_temporaries,
                    finite_json, jsonable_args, model_fingerprint, outputs_finite, prepare_fresh, resume_point,
                    run_identity, samples_finite, weights_finite)
+
+
+METHOD_CHOICES = ("mpee", *sorted(METHODS))
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,14 @@ class TrainArgs:
     out: str = arg(help="output folder (checkpoints, log.jsonl, final/)")
     model: str | None = arg(None, "converted encoder folder (or an MPEE folder); not needed with --resume")
     mode: str = arg("mpee", "mpee (Eq. 14) or plain (the baseline)", choices=MODES)
+    method: str = arg("mpee", "mpee, or a baseline on the same backbone, data and FLOPs counter (docs/BASELINES.md)",
+                      choices=METHOD_CHOICES)
+    stage: str | None = arg(None, "a two-stage baseline's stage: deebert backbone|ramps, fastbert backbone|distill "
+                                  "(default: the first; a later stage starts from the earlier stage's final/ and "
+                                  "needs --freeze-backbone)")
+    options: dict[str, Any] = arg(dict, "a field of the baseline's config (repeatable), e.g. head_norm=true, "
+                                        "retention=0.9,0.8,0.7,0.6,0.5,0.4", flag="--option", metavar="KEY=VALUE",
+                                  parse=partial(parse_pairs, flag="--option"))
     preset: str = arg("paper", "MPEEConfig preset the run starts from", choices=PRESETS)
     ablate: tuple[str, ...] = arg((), "Table 2 ablation (repeatable): att-memory, ee-fusion, ee-memory, wsd, "
                                       "layer-ee, token-ee", metavar="COMPONENT")
@@ -141,7 +156,28 @@ class TrainArgs:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.model is None and not self.resume:
             raise ValueError("model: a model folder is required unless resuming")
+        self._check_method()
         check_numbers(self)                  # finite lr / grad norm, eval_every >= 0... (runs.py)
+
+
+    def _check_method(self) -> None:
+        """--method X takes --stage/--option; MPEE's --mode/--preset/--ablate/--set do not apply to it."""
+        if self.method == "mpee":
+            if self.stage is not None or self.options:
+                raise ValueError("stage/--option: only for a baseline (--method); MPEE takes --preset/--set")
+            return
+        spec = get_method(self.method)
+        mpee_only = {"mode": self.mode != "mpee", "preset": self.preset != "paper", "ablate": bool(self.ablate),
+                     "set": bool(self.overrides)}
+        used = [k for k, v in mpee_only.items() if v]
+        if used:
+            raise ValueError(f"--{used[0]}: an MPEE option; --method {spec.name} takes --option KEY=VALUE instead")
+        if self.stage is not None and self.stage not in spec.stages:
+            raise ValueError(f"stage: {spec.name} has stages {spec.stages or '(one stage: no --stage)'}, "
+                             f"got {self.stage!r}")
+        if self.stage is not None and self.stage != spec.stages[0] and not self.freeze_backbone:
+            raise ValueError(f"stage {self.stage}: trains {spec.name}'s classifiers on the frozen backbone of its "
+                             f"first stage: add --freeze-backbone (and --model <first stage>/final)")
 
 
 def linear_schedule(step: int, total: int, warmup: int) -> float:
@@ -151,10 +187,10 @@ def linear_schedule(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def param_groups(model: MPEEModel, lr: float, head_lr_mult: float,
+def param_groups(model: Model, lr: float, head_lr_mult: float,
                  freeze_backbone: bool = False) -> list[dict[str, Any]]:
     """Optimiser groups: the backbone (``bert.*``) at ``lr``; the exit heads and the teacher of Eq. 12
-    at ``lr * head_lr_mult`` (docs L10). The schedule scales both alike. ``freeze_backbone`` leaves the
+    (a baseline's classifiers, ``heads.*``) at ``lr * head_lr_mult`` (docs L10). The schedule scales both alike. ``freeze_backbone`` leaves the
     backbone out (and sets its ``requires_grad`` to False): the second stage of two-stage training."""
     heads = [p for n, p in model.named_parameters() if not n.startswith("bert.")]
     backbone = [p for n, p in model.named_parameters() if n.startswith("bert.")]
@@ -168,17 +204,24 @@ def param_groups(model: MPEEModel, lr: float, head_lr_mult: float,
 # ============================================================================ the model family
 # A run's model and loss come from these two functions only: another family (the baselines of
 # mpee_ref/baselines, whose forward returns an output with ``.loss``) plugs in here.
-def build_model(args: TrainArgs, num_labels: int) -> MPEEModel:
+def build_model(args: TrainArgs, num_labels: int) -> Model:
     """The model a fresh run starts from: ``args.model``'s encoder with exit heads configured by
-    ``--preset``, ``--ablate``, ``--set`` and ``--mode`` (heads initialised with ``args.seed``)."""
+    ``--preset``, ``--ablate``, ``--set`` and ``--mode`` (heads initialised with ``args.seed``); or the
+    baseline of ``--method`` with its ``--stage`` and ``--option`` values (:mod:`.families`)."""
     folder = Path(args.model)
+    if args.method != "mpee":
+        options = typed_fields(get_method(args.method).config, args.options, "--option")
+        return build_baseline(args.method, folder, args.seed, num_labels, args.stage, options)
     cfg = build_config(num_labels, read_config(folder).num_hidden_layers, preset=args.preset, ablate=args.ablate,
                        overrides=args.overrides, mode=args.mode)
     return load_mpee(folder, seed=args.seed, **cfg.to_dict())
 
 
 def loss_of(out: Any, labels: torch.Tensor, mode: str) -> torch.Tensor:
-    """The loss one step minimises: Eq. 14 (``mpee``), or CE on the last layer's head only (``plain``)."""
+    """The loss one step minimises: Eq. 14 (``mpee``), CE on the last layer's head only (``plain``), or
+    a baseline's own loss (its output's ``loss``)."""
+    if isinstance(out, BaselineTrainOutput):
+        return out.loss
     if mode == "plain":
         return F.cross_entropy(out.logits[-1], labels)
     return out.loss.total
@@ -194,7 +237,7 @@ class TrainRun:
     out: Path
     dist: DistContext
     identity: dict[str, Any]               # run_identity (runs.py): stored in run.json and every checkpoint
-    model: MPEEModel
+    model: Model
     net: torch.nn.Module                   # the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -308,7 +351,7 @@ def _resume_point(args: TrainArgs, identity: dict[str, Any], ctx: DistContext) -
     return ResumePoint(folder, state)
 
 
-def _read_data(args: TrainArgs, spec: TaskSpec, model: MPEEModel) -> tuple[EncodedDataset, EncodedDataset]:
+def _read_data(args: TrainArgs, spec: TaskSpec, model: Model) -> tuple[EncodedDataset, EncodedDataset]:
     """The (train, dev) splits, tokenised with the model's tokenizer."""
     train_ex = read_glue(spec.name, args.data_dir, "train")[:args.max_train_examples]
     dev_ex = read_glue(spec.name, args.data_dir, "dev")[:args.max_eval_examples]
@@ -325,10 +368,9 @@ def set_up(args: TrainArgs, spec: TaskSpec, ctx: DistContext, identity: dict[str
     """Model, data, optimiser and schedule (restored on ``--resume``), in the order that keeps resumed
     runs bit-identical; rank 0 writes ``run.json`` for a fresh run and opens ``log.jsonl``."""
     resume = _resume_point(args, identity, ctx) if args.resume else None
-    model = load_mpee(resume.folder) if resume else build_model(args, spec.num_labels)
-    if model.mpee_config.num_labels != spec.num_labels:
-        raise ValueError(f"model: has {model.mpee_config.num_labels} classes, task {spec.name} has "
-                         f"{spec.num_labels}")
+    model = load_trained(resume.folder) if resume else build_model(args, spec.num_labels)
+    if num_labels(model) != spec.num_labels:
+        raise ValueError(f"model: has {num_labels(model)} classes, task {spec.name} has {spec.num_labels}")
     train_data, dev_data = _read_data(args, spec, model)
     out = Path(args.out)
     if ctx.is_writer:
@@ -446,8 +488,11 @@ def evaluate_dev(run: TrainRun, state: TrainState, tag: str, **overrides: Any) -
     samples = distributed.gather_in_order(idx, samples, run.dist)
     if not samples_finite(samples):
         raise Diverged(_diverged(run, state, f"the model's {tag} dev outputs hold NaN/Inf"))
-    res = summarize(samples, run.dev_data.labels, run.spec.name, run.model, run.args.max_seq_length, "ours",
-                    **overrides)
+    if isinstance(run.model, MPEEModel):
+        res = summarize(samples, run.dev_data.labels, run.spec.name, run.model, run.args.max_seq_length, "ours",
+                        **overrides)
+    else:
+        res = summarize_baseline(samples, run.dev_data.labels, run.spec.name, run.model)
     res.pop("config")
     run.log.write({"event": "eval", "tag": tag, "step": state.step, **res})
     return res
@@ -497,7 +542,8 @@ def finish(run: TrainRun, state: TrainState) -> dict[str, Any]:
     """Final dev evaluation (and, for MPEE, without layer exits), then ``final/``, ``train_summary.json``."""
     train_time = state.training_time()
     final = evaluate_dev(run, state, "final")
-    extra = evaluate_dev(run, state, "final_no_exit", layer_exit=False) if run.args.mode == "mpee" else None
+    mpee = run.args.mode == "mpee" and isinstance(run.model, MPEEModel)
+    extra = evaluate_dev(run, state, "final_no_exit", layer_exit=False) if mpee else None
     if distributed.any_rank(run.interrupt.raised, run.dist):     # Ctrl-C during the final evaluation
         path = save(run, state)
         if run.dist.is_writer:
@@ -508,7 +554,7 @@ def finish(run: TrainRun, state: TrainState) -> dict[str, Any]:
         "command": run.command, "args": jsonable_args(run.args), "seed": run.args.seed, "mode": run.args.mode,
         "world_size": run.dist.world, "steps": state.step, "examples_seen": state.seen,
         "training_time_s": train_time, "machine": _machine(run.dist.device),
-        "mpee_config": run.model.mpee_config.to_dict(), "final_dev": final, "final_dev_no_exit": extra,
+        "method": method_name(run.model), "model_config": config_dict(run.model), "final_dev": final, "final_dev_no_exit": extra,
         "run": run.identity})
     if run.dist.is_writer:
         _write_final(run, summary)
@@ -528,8 +574,8 @@ def _write_final(run: TrainRun, summary: dict[str, Any]) -> None:
     """``out/final/`` (the model, its summary and task) and ``out/train_summary.json``."""
     text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
     task = {"task": run.spec.name, "label_names": list(run.spec.label_names)}
-    save_mpee(run.model, run.out / "final", torch.float32,
-              extra_files={"train_summary.json": text, "task.json": json.dumps(task, indent=2) + "\n"})
+    save_final(run.model, run.out / "final",
+               {"train_summary.json": text, "task.json": json.dumps(task, indent=2) + "\n"})
     atomic_text(run.out / "train_summary.json", text)
 
 

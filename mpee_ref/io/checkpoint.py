@@ -7,8 +7,9 @@ and dtypes against the config's key table (:func:`mpee_ref.io.convert.expected_s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
@@ -160,6 +161,18 @@ def read_trained_state(folder: Path, bert_config: BertConfig) -> dict[str, Tenso
     if (folder / VOCAB_NAME).is_file():
         check_vocab_fits(folder, bert_config)
     return {k: v.float() for k, v in state.items()}
+
+
+def write_encoder_config(bert_config: BertConfig, tokenizer: Any, folder: Path) -> None:
+    """``config.json`` (HF BertModel style, with the tokenizer's ``do_lower_case``) and ``vocab.txt``
+    (copied from the tokenizer's file) of a trained-model folder."""
+    config = {**bert_config.to_dict(), "architectures": ["BertModel"]}
+    if tokenizer is not None:
+        config["do_lower_case"] = bool(getattr(tokenizer, "do_lower_case", True))
+        vocab = getattr(tokenizer, "vocab_file", None)
+        if vocab is not None:
+            (folder / VOCAB_NAME).write_bytes(Path(vocab).read_bytes())
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def check_vocab_fits(folder: Path, cfg: BertConfig) -> None:

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from ..io import load_encoder, load_tokenizer, read_config
 from ..io.atomic import atomic_folder
-from ..io.checkpoint import check_finite, check_weights_header, read_trained_state
+from ..io.checkpoint import check_finite, check_weights_header, read_trained_state, write_encoder_config
 from .config import PARAMETER_FIELDS, MPEEConfig
 from .model import MPEEModel
 
@@ -112,14 +112,7 @@ def write_mpee_files(model: MPEEModel, folder: Path, dtype: torch.dtype = torch.
         raise ValueError(f"refusing to save: {e}") from None
     save_file(state, str(folder / "model.safetensors"),
               metadata={"format": "mpee_ref-mpee", "format_version": FORMAT_VERSION})
-    config = model.bert_config.to_dict()
-    config["architectures"] = ["BertModel"]
-    if model.tokenizer is not None:
-        config["do_lower_case"] = bool(getattr(model.tokenizer, "do_lower_case", True))
-        vocab = getattr(model.tokenizer, "vocab_file", None)
-        if vocab is not None:
-            (folder / "vocab.txt").write_bytes(Path(vocab).read_bytes())
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_encoder_config(model.bert_config, model.tokenizer, folder)
     (folder / MPEE_CONFIG).write_text(json.dumps(model.mpee_config.to_dict(), indent=2) + "\n", encoding="utf-8")
     for name, text in (extra_files or {}).items():
         (folder / name).write_text(text, encoding="utf-8")
