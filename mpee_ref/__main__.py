@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "mpee_ref.experiments.sweep",          # Figs. 1, 3, 4, 5
     "ablation": "mpee_ref.experiments.ablation",    # Tables 2, 3
     "diagnose": "mpee_ref.experiments.diagnose",    # per-layer exit-head health
+    "compare": "mpee_ref.experiments.compare",      # MPEE vs the baselines (Table 1, Figs. 3-4)
 }
 
 

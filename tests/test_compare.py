@@ -1,5 +1,6 @@
 """The comparison analytics (Table 1 / Figs. 3-4 analogues): hand examples and properties."""
 
+import json
 import math
 
 import pytest
@@ -117,3 +118,31 @@ def test_method_sweep_of_a_tiny_pabee_matches_its_own_inference():
         assert point["metrics"]["accuracy"] == pytest.approx(float((out.predictions == labels).float().mean()))
         assert sum(point["exit_layer_counts"].values()) == 4
         assert point["exit_layer_counts"] == {str(l): int((out.exit_layers == l).sum()) for l in (1, 2, 3)}
+
+
+def test_compare_command_trains_sweeps_and_reuses(tmp_path, capsys):
+    """End to end on the tiny model of test_train.py: plain, MPEE, static and DeeBERT (two stages), two seeds."""
+    from test_train import make_tiny_encoder, make_tiny_sst2
+    from mpee_ref.__main__ import main
+
+    enc, data, out = make_tiny_encoder(tmp_path / "enc"), make_tiny_sst2(tmp_path / "data"), tmp_path / "cmp"
+    argv = ["compare", "--model", str(enc), "--task", "sst-2", "--data-dir", str(data), "--out", str(out),
+            "--methods", "plain,mpee,static,deebert", "--seeds", "0,1", "--thresholds", "0,0.6", "--r-ees", "0,0.3",
+            "--train-args", "--max-steps 2 --batch-size 4 --lr 1e-3 --max-train-examples 8 --warmup-ratio 0",
+            "--threads", "1"]
+    assert main(argv) == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert set(result["sweeps"]) == {"plain", "mpee", "static", "deebert"}
+    assert len(result["sweeps"]["mpee"][0]["points"]) == 4 and len(result["sweeps"]["static"][1]["points"]) == 1
+    assert (out / "deebert" / "s1" / "stage2" / "final" / "baseline_config.json").is_file()
+    table = (out / "compare.md").read_text()
+    for method in ("mpee", "static", "deebert"):
+        assert f"| {method} | 2 |" in table
+    printed = capsys.readouterr().out
+    assert "| mpee | 2 |" in printed
+    stamp = (out / "mpee" / "s0" / "final" / "model.safetensors").stat().st_mtime_ns
+    assert main(argv) == 0                                            # everything reused, nothing retrained
+    assert (out / "mpee" / "s0" / "final" / "model.safetensors").stat().st_mtime_ns == stamp
+    changed = [x.replace("--lr 1e-3", "--lr 2e-3") for x in argv]
+    assert main(changed) == 2                                         # a finished run with other flags is refused
+    assert "trained with other arguments (differs in ['lr'])" in capsys.readouterr().err

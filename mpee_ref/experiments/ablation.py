@@ -144,7 +144,7 @@ def full_rows(model_dir: str, task: str, data_dir: str, out: str | Path, table: 
         targs = replace(train_args_from_cli(model_dir, task, data_dir, str(row_out), train_args, extra), device=device)
         final = row_out / "final"
         if (final / "mpee_config.json").is_file():
-            _check_same_args(row_out, targs)
+            check_same_args(row_out, targs)
         else:                         # a row interrupted after a checkpoint continues where it stopped
             targs = replace(targs, resume=latest_checkpoint(row_out) is not None)
             train_model(targs, command=f"ablation {table} row {name!r}")
@@ -159,7 +159,7 @@ def full_rows(model_dir: str, task: str, data_dir: str, out: str | Path, table: 
     return rows
 
 
-def _check_same_args(row_out: Path, targs: TrainArgs) -> None:
+def check_same_args(row_out: Path, targs: TrainArgs) -> None:
     """Refuse to reuse a finished row trained with other arguments."""
     summary = row_out / "train_summary.json"
     if not summary.is_file():

@@ -22,19 +22,50 @@ method) and the same dev data:
   settings whose ρ is closest to a common target).
 
 Operating points are chosen on dev (the only split these sweeps are run on), as everywhere in mpee_ref.
+
+The command ``python -m mpee_ref compare`` (:func:`run_comparison`) trains or reuses one model per
+method and seed from the same encoder with the same ``train`` flags, sweeps each on dev and writes::
+
+    out/<method>/s<seed>/            train's run folder (two-stage methods: stage1/ and stage2/)
+    out/<method>/s<seed>/sweep.json  its method sweep (reused when present)
+    out/compare.json                 every sweep, the plain backbone's dev metric per seed, the table
+    out/compare.md                   the Table 1 analogue
+    out/fig3_compare.png, out/fig4_compare.png   (with matplotlib)
+
+``plain`` (``train --mode plain``) is the reference: the fine-tuned backbone with every exit off.
+A finished run is reused only if it was trained with the same arguments (else an error says which
+differ); an interrupted one resumes. Example (the commands of docs/RESULTS.md)::
+
+    python -m mpee_ref compare --model weights/minilm-l6 --task sst-2 --data-dir $GLUE_DIR --out runs/compare \
+        --methods plain,mpee,static,deebert,fastbert,pabee,power_bert --seeds 0,1,2 \
+        --train-args "--lr 5e-5 --warmup-ratio 0 --max-seq-length 64 --epochs 3" \
+        --mpee-train-args "--preset recipe --head-lr-mult 20" --baseline-train-args "--option head_norm=true --head-lr-mult 20"
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..baselines.registry import get_method
-from .batching import EncodedDataset
+from ..baselines.registry import METHODS, get_method
+from ..data import read_glue
+from ..io.atomic import atomic_text
+from ..io.convert import read_json
+from ..mpee import MPEEModel
+from .batching import EncodedDataset, encode_examples
+from .checkpointing import latest_checkpoint
 from .evaluate import run_inference
-from .families import summarize_baseline
+from .families import load_trained, summarize_baseline
+from .figures import have_matplotlib
+from .flags import add_flags, arg, command_parser, from_flags, resolve_device
+from .options import check_cli_numbers
 from .seeds import mean_std
+from .sweep import DEFAULT_R_EES, DEFAULT_THRESHOLDS, primary_metric, run_sweep
+from .train import train_model
 
 Setting = tuple[tuple[str, float], ...]          # a method's knob values, sorted by name (hashable)
 
@@ -203,3 +234,146 @@ def plot_exit_histograms(chosen: Sequence[MethodPoint], path: str | Path) -> Pat
     ax.set_title("Exit layers at equal speed-up", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+# ============================================================================ the command
+@dataclass(frozen=True)
+class CompareArgs:
+    """What ``compare`` needs (each field one flag)."""
+
+    model: str = arg(help="the converted encoder every method is trained from")
+    task: str = arg(help="GLUE task, e.g. sst-2")
+    data_dir: str = arg(help="GLUE root or the task folder")
+    out: str = arg("runs/compare", "output folder (one run folder per method and seed)")
+    methods: str = arg(",".join(("plain", "mpee", *sorted(METHODS))), "comma list: plain, mpee and baselines")
+    seeds: str = arg("0", "comma list of seeds (each method trains once per seed)")
+    train_args: str = arg("", "train flags for every run, one string, e.g. '--epochs 3 --lr 5e-5'")
+    mpee_train_args: str = arg("", "more train flags for the mpee runs, e.g. '--preset recipe --head-lr-mult 20'")
+    baseline_train_args: str = arg("", "more train flags for the baselines, e.g. '--option head_norm=true'")
+    thresholds: str = arg(",".join(map(str, DEFAULT_THRESHOLDS)), "MPEE's sweep: comma list of F")
+    r_ees: str = arg(",".join(map(str, DEFAULT_R_EES)), "MPEE's sweep: comma list of R_ee")
+    target_rho: float = arg(2.0, "the table's 'metric at rho' column")
+    tolerance: float = arg(0.01, "the table's 'within this of plain' column (0.01 = one point)")
+    batch_size: int = arg(32, "inference batch size of the sweeps")
+    device: str = arg("cpu", "torch device for training and sweeps")
+    threads: int | None = arg(None, "torch.set_num_threads")
+
+
+def _list(text: str, kind: type, flag: str) -> tuple[Any, ...]:
+    try:
+        values = tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--{flag}: expected a comma list, got {text!r}") from None
+    if not values:
+        raise ValueError(f"--{flag}: empty")
+    return values
+
+
+def _stages(method: str) -> list[tuple[str | None, list[str]]]:
+    """(sub-folder, extra train flags) per training stage of ``method``."""
+    if method == "plain":
+        return [(None, ["--mode", "plain"])]
+    if method == "mpee":
+        return [(None, [])]
+    stages = get_method(method).stages
+    if not stages:
+        return [(None, ["--method", method])]
+    later = ["--freeze-backbone"]
+    return [(f"stage{i + 1}", ["--method", method, "--stage", st] + (later if i else []))
+            for i, st in enumerate(stages)]
+
+
+def train_method(a: CompareArgs, method: str, seed: int) -> Path:
+    """Train (or reuse, or resume) ``method`` at ``seed``; returns its final model folder."""
+    from .ablation import check_same_args, train_args_from_cli
+    family = a.mpee_train_args if method in ("mpee", "plain") else a.baseline_train_args
+    run_dir, start = Path(a.out) / method / f"s{seed}", a.model
+    for sub, extra in _stages(method):
+        out = run_dir / sub if sub else run_dir
+        targs = train_args_from_cli(start, a.task, a.data_dir, str(out), f"{a.train_args} {family}",
+                                    [*extra, "--seed", str(seed), "--no-progress"])
+        targs = replace(targs, device=a.device)
+        if (out / "train_summary.json").is_file():
+            check_same_args(out, targs)
+        else:
+            print(f"compare: training {method} seed {seed}{f' ({sub})' if sub else ''} -> {out}", file=sys.stderr)
+            train_model(replace(targs, resume=latest_checkpoint(out) is not None), command=f"compare {method} s{seed}")
+        start = str(out / "final")
+    return Path(start)
+
+
+def sweep_method(a: CompareArgs, method: str, seed: int, final: Path, metric: str) -> dict[str, Any]:
+    """The method sweep of one trained model on dev (cached in its run folder's sweep.json)."""
+    cache = Path(a.out) / method / f"s{seed}" / "sweep.json"
+    grid = {"thresholds": a.thresholds, "r_ees": a.r_ees} if method == "mpee" else None
+    if cache.is_file() and read_json(cache).get("grid") == grid:
+        return read_json(cache)
+    model = load_trained(final).to(resolve_device(a.device))
+    examples = read_glue(a.task, a.data_dir, "dev")
+    data = encode_examples(model.tokenizer, examples, model_max_length(final))
+    if isinstance(model, MPEEModel):
+        thresholds = (0.0,) if method == "plain" else _list(a.thresholds, float, "thresholds")
+        r_ees = (0.0,) if method == "plain" else _list(a.r_ees, float, "r-ees")
+        points = run_sweep(model, data, a.task, thresholds, r_ees, a.batch_size, model_max_length(final))
+        result = from_mpee_sweep({"metric": metric, "num_layers": model.bert_config.num_hidden_layers,
+                                  "points": points}, seed, method)
+    else:
+        result = method_sweep(model, method, data, a.task, metric, seed, batch_size=a.batch_size)
+    result["grid"] = grid
+    atomic_text(cache, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def model_max_length(final: Path) -> int:
+    """The max_seq_length a model in ``final/`` was trained with (its train_summary.json)."""
+    return int(read_json(final / "train_summary.json")["args"]["max_seq_length"])
+
+
+def run_comparison(a: CompareArgs) -> dict[str, Any]:
+    """Train/reuse and sweep every method and seed, then aggregate and write the outputs."""
+    methods = _list(a.methods, str, "methods")
+    seeds = _list(a.seeds, int, "seeds")
+    for m in methods:
+        if m not in ("plain", "mpee"):
+            get_method(m)                                     # an unknown name fails before any training
+    metric = primary_metric(a.task)
+    sweeps = {m: [sweep_method(a, m, s, train_method(a, m, s), metric) for s in seeds] for m in methods}
+    plain = mean_std([sw["points"][0]["metrics"][metric] for sw in sweeps["plain"]]) if "plain" in sweeps else None
+    by_method = {m: aggregate(sw) for m, sw in sweeps.items() if m != "plain"}
+    result = {"format": "mpee_ref-compare-1", "task": a.task, "metric": metric, "seeds": list(seeds),
+              "args": asdict(a), "plain": plain, "sweeps": sweeps}
+    if plain is not None and by_method:
+        result["table"] = comparison_markdown(by_method, plain, metric, a.target_rho, a.tolerance)
+    _write_outputs(Path(a.out), result, by_method)
+    return result
+
+
+def _write_outputs(out: Path, result: dict[str, Any], by_method: Mapping[str, Sequence[MethodPoint]]) -> None:
+    atomic_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
+    if "table" in result:
+        atomic_text(out / "compare.md", f"# Comparison: {result['task']} dev, seeds {result['seeds']}\n\n"
+                                        f"{result['table']}")
+    if not have_matplotlib() or not by_method or result["plain"] is None:
+        return
+    plot_tradeoff(by_method, result["plain"], result["metric"], out / "fig3_compare.png")
+    shown = [m for m in ("mpee", "deebert") if m in by_method] or list(by_method)[:2]
+    plot_exit_histograms([closest_to_rho(by_method[m], 2.0) for m in shown], out / "fig4_compare.png")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = command_parser(subparsers, "compare", "MPEE against the baselines on one backbone (Table 1, Figs. 3-4)",
+                       __doc__)
+    add_flags(p, CompareArgs)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``compare`` command; ValueError/OSError reach ``__main__`` (one line, exit 2)."""
+    import torch
+    a = from_flags(CompareArgs, args)
+    check_cli_numbers(a.threads, batch_size=a.batch_size)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    result = run_comparison(a)
+    print(result.get("table", "no table: the comparison needs 'plain' and at least one other method"))
+    return 0
