@@ -62,7 +62,7 @@ from .evaluate import run_inference
 from .families import load_trained, summarize_baseline
 from .figures import have_matplotlib
 from .flags import add_flags, arg, command_parser, from_flags, resolve_device
-from .options import check_cli_numbers
+from .options import check_cli_numbers, comma_list
 from .seeds import mean_std
 from .sweep import DEFAULT_R_EES, DEFAULT_THRESHOLDS, primary_metric, run_sweep
 from .train import train_model
@@ -259,16 +259,6 @@ class CompareArgs:
     threads: int | None = arg(None, "torch.set_num_threads")
 
 
-def _list(text: str, kind: type, flag: str) -> tuple[Any, ...]:
-    try:
-        values = tuple(kind(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"--{flag}: expected a comma list, got {text!r}") from None
-    if not values:
-        raise ValueError(f"--{flag}: empty")
-    return values
-
-
 def _stages(method: str) -> list[tuple[str | None, list[str]]]:
     """(sub-folder, extra train flags) per training stage of ``method``."""
     if method == "plain":
@@ -312,8 +302,8 @@ def sweep_method(a: CompareArgs, method: str, seed: int, final: Path, metric: st
     examples = read_glue(a.task, a.data_dir, "dev")
     data = encode_examples(model.tokenizer, examples, model_max_length(final))
     if isinstance(model, MPEEModel):
-        thresholds = (0.0,) if method == "plain" else _list(a.thresholds, float, "thresholds")
-        r_ees = (0.0,) if method == "plain" else _list(a.r_ees, float, "r-ees")
+        thresholds = (0.0,) if method == "plain" else comma_list(a.thresholds, float, "--thresholds")
+        r_ees = (0.0,) if method == "plain" else comma_list(a.r_ees, float, "--r-ees")
         points = run_sweep(model, data, a.task, thresholds, r_ees, a.batch_size, model_max_length(final))
         result = from_mpee_sweep({"metric": metric, "num_layers": model.bert_config.num_hidden_layers,
                                   "points": points}, seed, method)
@@ -331,8 +321,8 @@ def model_max_length(final: Path) -> int:
 
 def run_comparison(a: CompareArgs) -> dict[str, Any]:
     """Train/reuse and sweep every method and seed, then aggregate and write the outputs."""
-    methods = _list(a.methods, str, "methods")
-    seeds = _list(a.seeds, int, "seeds")
+    methods = comma_list(a.methods, str, "--methods")
+    seeds = comma_list(a.seeds, int, "--seeds")
     for m in methods:
         if m not in ("plain", "mpee"):
             get_method(m)                                     # an unknown name fails before any training

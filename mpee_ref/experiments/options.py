@@ -58,6 +58,18 @@ def _parse_value(key: str, annotation: str, raw: str, flag: str = "--set") -> An
     return text
 
 
+def comma_list(text: str, kind: type, flag: str) -> tuple[Any, ...]:
+    """``"0.1,0.3"`` -> ``(0.1, 0.3)`` (each item converted by ``kind``); a ValueError naming ``flag``
+    for a bad item or an empty list."""
+    try:
+        values = tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated {kind.__name__} values, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{flag}: expected at least one value, got {text!r}")
+    return values
+
+
 def parse_pairs(pairs: Iterable[str], flag: str = "--set") -> dict[str, str]:
     """``["a=1", "b-c=x"]`` -> ``{"a": "1", "b_c": "x"}`` (values still text)."""
     out: dict[str, str] = {}

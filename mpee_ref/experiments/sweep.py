@@ -36,6 +36,7 @@ from .batching import EncodedDataset
 from .evaluate import evaluate_encoded
 from .flags import add_flags, command_parser, from_flags
 from .loading import SplitArgs, load_split
+from .options import comma_list
 
 FORMAT = "mpee_ref-sweep-1"
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -112,16 +113,6 @@ def sweep_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _floats(text: str, flag: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise ValueError(f"{flag}: expected at least one number, got {text!r}")
-    return values
-
-
 # ============================================================================ CLI
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = command_parser(subparsers, "sweep", "grid over F and R_ee on one trained model (Figs. 1, 3, 4, 5)", __doc__)
@@ -143,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
     """The ``sweep`` command; ValueError/OSError reach ``__main__`` (one line, exit 2)."""
     if (args.fig4_threshold is None) != (args.fig4_r_ee is None):
         raise ValueError("--fig4-threshold and --fig4-r-ee go together (give both or neither)")
-    thresholds, r_ees = _floats(args.thresholds, "--thresholds"), _floats(args.r_ee, "--r-ee")
-    fig5_r = _floats(args.fig5_r_ee, "--fig5-r-ee")
+    thresholds, r_ees = comma_list(args.thresholds, float, "--thresholds"), comma_list(args.r_ee, float, "--r-ee")
+    fig5_r = comma_list(args.fig5_r_ee, float, "--fig5-r-ee")
     loaded = load_split(from_flags(SplitArgs, args))
     result = sweep(loaded.model, loaded.data, loaded.spec.name, thresholds, r_ees, args.batch_size,
                    args.max_seq_length,
