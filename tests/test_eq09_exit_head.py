@@ -119,9 +119,10 @@ def test_eq09_bad_inputs_raise():
         ExitHead(D, C, head="tanh").init_from_pooler(torch.zeros(D, D), torch.zeros(D))
     with pytest.raises(ValueError, match="pooler weight"):
         head.init_from_pooler(torch.zeros(D, D + 1), torch.zeros(D))
-    with pytest.raises(ValueError, match="bias"):
-        eq09_exit_logits(torch.zeros(2, D), torch.zeros(C, D), torch.zeros(C + 1))
+    # the equations trust their inputs: ExitHead.forward is the boundary, for both head kinds
     with pytest.raises(ValueError, match="h_cls"):
-        eq09_exit_logits(torch.zeros(2, 5, D), torch.zeros(C, D), torch.zeros(C))
+        ExitHead(D, C, head="tanh")(torch.zeros(2, 5, D))
+    with pytest.raises(ValueError, match="h_cls"):
+        ExitHead(D, C, norm=True)(torch.zeros(2, D - 1))
     with pytest.raises(ValueError, match="dropout_p"):
         ExitHead(D, C, dropout_p=1.0)

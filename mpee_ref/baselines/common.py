@@ -36,6 +36,7 @@ from ..encoder.equations import padding_bias
 from ..flops import SampleFlops, full_model_flops, head_flops, sample_flops
 from ..layer_exit import HEAD_KINDS, ExitHead
 from ..losses import eq11_cross_entropy
+from ..losses.checks import check_labels
 from ..mpee.model import InferenceOutput
 
 #: rule(l, logits (B_a, C), state) -> (leave (B_a,) bool, signal (B_a,) float, new state).
@@ -227,12 +228,7 @@ class BaselineModel(nn.Module):
         raise ValueError(f"infer() expects an encoded batch (dict, tokenizer output or id tensor), "
                          f"got {type(inputs).__name__}")
 
-    @staticmethod
-    def check_labels(labels: Tensor, B: int, C: int) -> None:
-        if labels.shape != (B,):
-            raise ValueError(f"labels must have shape (B,) = ({B},), got {tuple(labels.shape)}")
-        if int(labels.min()) < 0 or int(labels.max()) >= C:
-            raise ValueError(f"labels must be in [0, {C}), got min {int(labels.min())}, max {int(labels.max())}")
+    check_labels = staticmethod(check_labels)          # (B,) integer ids in [0, C), else ValueError
 
     def single_classifier_output(self, logits: Tensor, tokens: Tensor, labels: Tensor | None) -> BaselineTrainOutput:
         """The training output of a model with one trained classifier (``logits`` (1, B, C)): its
