@@ -276,8 +276,9 @@ def test_authors_hand_example():
     # max_len 11, L=3, prune at layer 2, keep 0.7: kept = ceil(0.7*10) = 7 -> 7 + CLS + fused = 9 tokens.
     assert authors_padded_lengths(3, (2,), 0.7, 3, max_len=11) == ((11, 11, 9), (11, 9, 9))
     # macs(n, f) = 8n^2 + 64n + 128f at D=4: (11,11) 3080, (11,9) 2824, (9,9) 2376.
-    assert authors_sample_flops(3, (2,), 0.7, 3, 4, max_len=11) == (3080 + 2824 + 2376, 3 * 3080)
-    assert authors_sample_flops(1, (2,), 0.7, 3, 4, max_len=11) == (3080, 3 * 3080)
+    assert authors_sample_flops(3, (2,), 0.7, 3, 4, max_len=11) == SampleFlops(
+        executed=3080 + 2824 + 2376, full=3 * 3080, per_layer=(3080, 2824, 2376))
+    assert authors_sample_flops(1, (2,), 0.7, 3, 4, max_len=11) == SampleFlops(3080, 3 * 3080, (3080,))
 
 
 def test_authors_bert_base_numbers():
@@ -291,7 +292,8 @@ def test_authors_bert_base_numbers():
     assert full == 11_173_625_856
     executed = (3 * macs(128, 128) + macs(128, 91) + 2 * macs(91, 91) + macs(91, 65) + 2 * macs(65, 65)
                 + macs(65, 47) + 2 * macs(47, 47))
-    assert authors_sample_flops(12, (4, 7, 10), 0.7, 12, 768) == (executed, full)
+    f = authors_sample_flops(12, (4, 7, 10), 0.7, 12, 768)
+    assert (f.executed, f.full, sum(f.per_layer)) == (executed, full, executed)
     assert executed == 7_384_522_752       # rho = 1.513 with pruning alone, no early exit
 
 

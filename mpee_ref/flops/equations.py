@@ -346,8 +346,8 @@ def authors_padded_lengths(exit_layer: int, prune_layers: Sequence[int], keep_ra
 
 
 def authors_sample_flops(exit_layer: int, prune_layers: Sequence[int], keep_ratio: float,
-                         num_layers: int, hidden: int, max_len: int = 128) -> tuple[int, int]:
-    r"""One sample's (executed, full) in the authors' accounting, the summands of their Eq. (15) ratio.
+                         num_layers: int, hidden: int, max_len: int = 128) -> SampleFlops:
+    r"""One sample's executed and full MACs in the authors' accounting, the summands of their Eq. (15) ratio.
 
     executed = :math:`\sum_{l=1}^{e}` :func:`authors_layer_macs` at the padded lengths of
     :func:`authors_padded_lengths`; full = :math:`L \cdot` ``authors_layer_macs(max_len, max_len, D)``
@@ -357,12 +357,13 @@ def authors_sample_flops(exit_layer: int, prune_layers: Sequence[int], keep_rati
         exit_layer: e.  prune_layers: 1-based pruning layers.  keep_ratio: fraction kept (0.7).
         num_layers: L.  hidden: D.  max_len: padded length (128).
     Returns:
-        (executed, full) in MACs.
+        :class:`SampleFlops` in MACs: ``executed``, ``full`` and the ``per_layer`` summands of executed.
     """
     att, ffn = authors_padded_lengths(exit_layer, prune_layers, keep_ratio, num_layers, max_len)
     D = _int("hidden", hidden)
-    executed = sum(authors_layer_macs(a, f, D) for a, f in zip(att, ffn))
-    return executed, operator.index(num_layers) * authors_layer_macs(max_len, max_len, D)
+    per_layer = tuple(authors_layer_macs(a, f, D) for a, f in zip(att, ffn))
+    return SampleFlops(executed=sum(per_layer), per_layer=per_layer,
+                       full=operator.index(num_layers) * authors_layer_macs(max_len, max_len, D))
 
 
 # ----------------------------------------------------------------------------- the authors' loop, as it runs
