@@ -149,19 +149,19 @@ def baseline_sample_flops(n_att: Sequence[int], n_ffn: Sequence[int], n_tokens: 
     Args:
         n_att, n_ffn: per executed layer, tokens at MHSA and at the FFN (``n_ffn < n_att`` where
             PoWER-BERT eliminates).  n_tokens: the sample's real length n.
-        head_layers: 1-based layers with a classifier (sorted).  bert: the backbone config (L, D, F).
+        head_layers: 1-based layers with a classifier (sorted).  bert: the backbone config (L, D, I).
         num_labels: C.  head: the classifier kind (``"pooler"`` or ``"tanh"``).
     Returns:
         :class:`~mpee_ref.flops.SampleFlops`; ``per_layer`` includes the head where one ran.
     """
     e = len(n_att)
-    L, D, Fi = bert.num_hidden_layers, bert.hidden_size, bert.intermediate_size
-    layers = sample_flops(n_att, n_ffn, [0] * e, n_tokens, L, D, Fi, num_labels, head,
+    L, D, I = bert.num_hidden_layers, bert.hidden_size, bert.intermediate_size
+    layers = sample_flops(n_att, n_ffn, [0] * e, n_tokens, L, D, I, num_labels, head,
                           count_heads=False)                                # layers only
     h = head_flops(D, num_labels, head)
     ks = set(head_layers)
     per_layer = tuple(c + (h if l in ks else 0) for l, c in enumerate(layers.per_layer, start=1))
-    return SampleFlops(executed=sum(per_layer), full=full_model_flops(n_tokens, L, D, Fi, num_labels, head),
+    return SampleFlops(executed=sum(per_layer), full=full_model_flops(n_tokens, L, D, I, num_labels, head),
                        per_layer=per_layer)
 
 
