@@ -1,7 +1,7 @@
 r"""The BERT encoder as the paper writes it: Eqs. (1)-(4), §2 "Preliminaries".
 
 Every function here is pure (tensors in, tensors out, no module state) so that it can be read next
-to the paper, tested on its own and ported line by line. ``mpee_ref/encoder/model.py`` only wires
+to the paper, tested on its own and ported function by function. ``mpee_ref/encoder/model.py`` only wires
 them to the checkpoint's parameters.
 
 Shape legend (used in every shape comment of the package)::
@@ -212,8 +212,8 @@ def eq01_attention_sublayer(h: Tensor, p: dict[str, Tensor], num_heads: int, eps
     Token pruning (Eqs. 5-8) acts on this output, between the two halves of the layer.
 
     Args:
-        h: ``(B, T, D)``.  p: the layer's tensors under the short names of
-        :func:`layer_param_names` (``w_q``, ``b_q``, ..., ``ln1_w``, ``ln1_b``).
+        h: ``(B, T, D)``.  p: the layer's tensors under short names (``w_q``, ``b_q``, ..., ``ln1_w``,
+            ``ln1_b``), as :meth:`mpee_ref.encoder.model.BertLayer.params` returns them.
     Returns:
         z_tilde ``(B, T, D)``, probs ``(B, H, T, T)``.
     """
