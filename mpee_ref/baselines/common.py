@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +58,13 @@ class HeadConfig:
         head_norm: standardise h_CLS per feature before each classifier, MPEE's exit-head recipe
             (docs/interpretation/layer_exit_and_losses.md, L10); folds away for inference
             (:meth:`BaselineModel.fold_head_norms`). Off by default, as in the original methods.
+
+    A method's config declares its string switches in ``CHOICES`` (field -> allowed values) and its
+    numeric thresholds in ``NUMBERS``; :meth:`__post_init__` checks both.
     """
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+    NUMBERS: ClassVar[tuple[str, ...]] = ()
 
     num_labels: int = 2
     head: str = "pooler"
@@ -76,6 +82,13 @@ class HeadConfig:
             raise ValueError(f"{owner}.classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}")
         if not isinstance(self.head_norm, bool):
             raise ValueError(f"{owner}.head_norm must be a bool, got {self.head_norm!r}")
+        for name, values in self.CHOICES.items():
+            if getattr(self, name) not in values:
+                raise ValueError(f"{owner}.{name} must be one of {values}, got {getattr(self, name)!r}")
+        for name in self.NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ValueError(f"{owner}.{name} must be a number, got {value!r}")
 
 
 # ============================================================================ typed outputs
@@ -165,6 +178,11 @@ def baseline_sample_flops(n_att: Sequence[int], n_ffn: Sequence[int], n_tokens: 
                        per_layer=per_layer)
 
 
+def cross_entropy_per_head(logits: Tensor, labels: Tensor | None) -> Tensor | None:
+    """Eq. (11) on every head's logits ``(K, B, C)`` -> ``(K,)``; None without labels."""
+    return None if labels is None else eq11_cross_entropy(logits, labels)
+
+
 # ============================================================================ the module
 class BaselineModel(nn.Module):
     """Backbone (``bert.*``, HF names) + classifiers (``heads.{k}.*``, one per layer in
@@ -184,6 +202,14 @@ class BaselineModel(nn.Module):
         self.heads = nn.ModuleList(ExitHead(bert_config.hidden_size, config.num_labels, config.head,
                                             config.classifier_dropout, norm=config.head_norm)
                                    for _ in layers)
+
+    def resolve_stage(self, stage: str | None) -> str:
+        """The training stage of one ``forward`` call: ``stage``, or the config's when None."""
+        stage = self.config.stage if stage is None else stage
+        allowed = type(self.config).CHOICES["stage"]
+        if stage not in allowed:
+            raise ValueError(f"stage must be one of {allowed}, got {stage!r}")
+        return stage
 
     def init_heads_from_pooler(self) -> None:
         """Copy the backbone's pretrained pooler into every ``"pooler"`` head (BERT's own classifier
@@ -230,16 +256,16 @@ class BaselineModel(nn.Module):
 
     check_labels = staticmethod(check_labels)          # (B,) integer ids in [0, C), else ValueError
 
-    def single_classifier_output(self, logits: Tensor, tokens: Tensor, labels: Tensor | None) -> BaselineTrainOutput:
-        """The training output of a model with one trained classifier (``logits`` (1, B, C)): its
-        cross-entropy when ``labels`` are given."""
-        loss = per_head = None
+    def train_output(self, logits: Tensor, tokens: Tensor, labels: Tensor | None,
+                     per_head_loss: Callable[[Tensor, Tensor | None], Tensor | None] | None = None,
+                     total: Callable[[Tensor], Tensor] = Tensor.sum) -> BaselineTrainOutput:
+        """The training output: ``labels`` checked when given; ``per_head_loss(logits, labels)`` (default:
+        each head's cross-entropy, Eq. 11, None without labels) and the method's ``total`` of it."""
         if labels is not None:
             self.check_labels(labels, logits.shape[1], self.num_labels)
-            per_head = eq11_cross_entropy(logits, labels)                           # (1,)
-            loss = per_head.sum()
-        return BaselineTrainOutput(logits=logits, head_layers=self.head_layers, tokens=tokens, loss=loss,
-                                   per_head_loss=per_head)
+        per_head = (per_head_loss or cross_entropy_per_head)(logits, labels)         # (K,) or None
+        return BaselineTrainOutput(logits=logits, head_layers=self.head_layers, tokens=tokens,
+                                   loss=None if per_head is None else total(per_head), per_head_loss=per_head)
 
     # ------------------------------------------------------------------ training forward
     def run_all(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None,
@@ -321,3 +347,10 @@ class BaselineModel(nn.Module):
                                             [k for k in self.head_layers if k <= exit_layer],
                                             self.bert_config, self.num_labels, self.head)))
         return BaselineInferenceOutput(samples=tuple(samples))
+
+
+class EveryLayerModel(BaselineModel):
+    """A baseline with a classifier after every layer (``heads.{l-1}``, l = 1..L): DeeBERT, FastBERT, PABEE."""
+
+    def __init__(self, bert_config: BertConfig, config: HeadConfig):
+        super().__init__(bert_config, tuple(range(1, bert_config.num_hidden_layers + 1)), config)

@@ -125,7 +125,7 @@ class PowerBERT(BaselineModel):
         """All L layers with elimination active (PoWER-BERT's final fine-tuning); classifier CE."""
         logits, tokens = self.run_all(input_ids, attention_mask, token_type_ids,
                                       eliminate=self._eliminate(self._fractions))   # (1, B, C), (L, B)
-        return self.single_classifier_output(logits, tokens, labels)
+        return self.train_output(logits, tokens, labels)
 
     @torch.inference_mode()
     def infer(self, inputs: Any, *, retention: tuple[float, ...] | None = None) -> BaselineInferenceOutput:
