@@ -54,7 +54,7 @@ def deebert_loss(per_layer_ce: Tensor, stage: str) -> Tensor:
     Returns:
         scalar loss.
 
-    Deviation: none in the formula; the batch mean inside each :math:`\mathcal{L}_i` is ours.
+    Deviation (B2): none in the formula; the batch mean inside each :math:`\mathcal{L}_i` is ours.
     """
     if per_layer_ce.dim() != 1 or per_layer_ce.numel() < 2:
         raise ValueError(f"per_layer_ce must be (L,) with L >= 2, got shape {tuple(per_layer_ce.shape)}")

@@ -54,7 +54,7 @@ def fastbert_uncertainty(logits: Tensor) -> Tensor:
     Returns:
         ``(B,)`` in [0, 1]: 0 for a one-hot distribution, 1 for the uniform one.
 
-    Deviation: none; computed from ``log_softmax`` (finite for any logits).
+    Deviation (B3): none; computed from ``log_softmax`` (finite for any logits).
     """
     if logits.dim() != 2 or logits.shape[1] < 2:
         raise ValueError(f"logits must be (B, C) with C >= 2, got shape {tuple(logits.shape)}")
@@ -77,7 +77,7 @@ def fastbert_distill_loss(student_logits: Tensor, teacher_logits: Tensor,
     Returns:
         ``(S,)`` the per-student KL (batch mean); the loss is its sum.
 
-    Deviation: the batch mean is ours. The direction of the printed :math:`D_{KL}(p_s, p_t)` is
+    Deviation (B3): the batch mean is ours. The direction of the printed :math:`D_{KL}(p_s, p_t)` is
     read from its expansion; the switch gives the other.
     """
     if student_logits.dim() != 3:

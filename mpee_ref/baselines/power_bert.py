@@ -53,7 +53,7 @@ def power_significance(probs: Tensor, attention_mask: Tensor | None = None) -> T
         ``(B, T-1)`` significance of the non-[CLS] tokens 1..T-1; 0 at padded keys.
         For a sample of n real tokens the full row (with [CLS]) sums to H·n.
 
-    Deviation: padding query rows are excluded (ours, so that padding cannot change a ranking);
+    Deviation (B5): padding query rows are excluded (ours, so that padding cannot change a ranking);
     [CLS] is left out because it is always kept.
     """
     if probs.dim() != 4 or probs.shape[-1] != probs.shape[-2]:

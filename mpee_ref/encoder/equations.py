@@ -22,7 +22,8 @@ Paper notation <-> code:
     \tilde Z_l              MHSA sub-layer output (after Add & Norm) ``z_tilde``  (B, T, D)
     W_1, b_1, W_2, b_2      FFN projections (Eq. 4)                  ``w_1``...   (I, D), (D, I)
 
-Conventions (departures from the printed math are flagged ``Deviation:`` in each docstring):
+Conventions (departures from the printed math are flagged ``Deviation (ID):`` in each docstring, the
+ID an entry of docs/interpretation/encoder.md):
 
 * Weights are stored as in PyTorch/HF checkpoints, ``(out_features, in_features)``, so
   ``Z W`` of the paper is ``z @ w.T`` here.
@@ -135,7 +136,7 @@ def eq03_attention(q: Tensor, k: Tensor, v: Tensor, mask_bias: Tensor | None,
         context ``(B, H, T, dh)``: :math:`\mathrm{HA}_h` for every head;
         probs ``(B, H, T, T)``: the softmax, *before* dropout (Eq. 5 reads its [CLS] row).
 
-    Deviation: the padding mask is not in the printed equation; without it padded keys would
+    Deviation (E3-1): the padding mask is not in the printed equation; without it padded keys would
     receive attention. Dropout on the probabilities is BERT's, not the paper's.
     """
     dh = q.shape[-1]
@@ -167,7 +168,7 @@ def eq02_mhsa(z: Tensor, w_q: Tensor, b_q: Tensor, w_k: Tensor, b_k: Tensor,
     Returns:
         out ``(B, T, D)`` (before the residual), probs ``(B, H, T, T)``.
 
-    Deviation: the projections carry biases (b^Q, b^K, b^V, b^o), as BERT has; the paper omits them.
+    Deviation (E2-1): the projections carry biases (b^Q, b^K, b^V, b^o), as BERT has; the paper omits them.
     """
     B, T, D = z.shape
     H = num_heads
@@ -253,7 +254,7 @@ def eq01_transformer_layer(h: Tensor, p: dict[str, Tensor], num_heads: int, eps:
     Returns:
         h^l ``(B, T, D)``, probs ``(B, H, T, T)``.
 
-    Deviation: the paper's ``Transformer^l`` does not show BERT's residual connections and
+    Deviation (E1-1): the paper's ``Transformer^l`` does not show BERT's residual connections and
     post-LayerNorms (the original BERT/Transformer layer); we write them out.
     """
     z_tilde, probs = eq01_attention_sublayer(h, p, num_heads, eps, mask_bias)     # (B, T, D), (B, H, T, T)

@@ -89,7 +89,7 @@ def eq15_layer_flops(n_att: int, n_ffn: int, hidden: int, intermediate: int) -> 
     Returns:
         FLOPs (int).
 
-    Deviation: biases, softmax, LayerNorm, GELU and residual adds are not counted (O(nD) or
+    Deviation (F3): biases, softmax, LayerNorm, GELU and residual adds are not counted (O(nD) or
     O(n^2 H) element-wise work, which FlopCounterMode also leaves out).
     """
     n_att = _int("n_att", n_att)
@@ -132,7 +132,7 @@ def fusion_flops(num_fused: int, hidden: int) -> int:
     Returns:
         FLOPs (int).
 
-    Deviation: the printed Eq. (8) omits the sum; the text ("fused into an EE fusion token
+    Deviation (E8-1, F6): the printed Eq. (8) omits the sum; the text ("fused into an EE fusion token
     according to the corresponding class attention weights") and the authors' code sum.
     """
     return 2 * _int("num_fused", num_fused, minimum=0) * _int("hidden", hidden)
@@ -264,7 +264,7 @@ def eq15_speedup(full: Sequence[int], executed: Sequence[int]) -> float:
     Returns:
         rho (float; > 1 means faster than the original model).
 
-    Deviation: the paper prints :math:`\rho = FLOPs_{exec} / FLOPs_{total}` but defines rho in words as
+    Deviation (F1, F2): the paper prints :math:`\rho = FLOPs_{exec} / FLOPs_{total}` but defines rho in words as
     "the rate of the total FLOPs by the original model to the FLOPs actually executed" and reports
     rho > 1; we follow the words and the results (as does the authors' code). A ratio of sums, not a
     mean of per-sample ratios.
@@ -330,7 +330,7 @@ def authors_padded_lengths(exit_layer: int, prune_layers: Sequence[int], keep_ra
     Returns:
         (n_att, n_ffn), each a tuple of length e.
 
-    Deviation: when nothing would be pruned (:math:`\lceil r(N-1) \rceil = N - 1`, only for tiny N or
+    Deviation (F4): when nothing would be pruned (:math:`\lceil r(N-1) \rceil = N - 1`, only for tiny N or
     r = 1) we add no fused token, so N never grows; at max_len = 128 and r = 0.7 this never happens.
     The ceiling is taken of the float product, as the authors' Python does.
     """
@@ -383,7 +383,7 @@ def authors_code_lengths(exit_layer: int, prune_layers: Sequence[int], keep_rati
     Returns:
         e recorded lengths; at 128, layers 4/7/10, r = 0.7: 128 ×3, 90, 91 ×2, 64, 65 ×2, 46, 47 ×2.
 
-    Deviation: the ceiling of the float product, as the authors' Python; when nothing would be pruned
+    Deviation (F8): the ceiling of the float product, as the authors' Python; when nothing would be pruned
     (k = W - 1) their layer returns early and records W, as here.
     """
     e, W, layers, r = _authors_args(exit_layer, prune_layers, keep_ratio, num_layers, max_len)
@@ -420,7 +420,7 @@ def authors_code_sample_macs(exit_layer: int, prune_layers: Sequence[int], keep_
     Returns:
         (executed, full) in MACs.
 
-    Deviation: the authors hard-code the last layer as index 11 (12 layers); here it is L.
+    Deviation (F8): the authors hard-code the last layer as index 11 (12 layers); here it is L.
     """
     rec = authors_code_lengths(exit_layer, prune_layers, keep_ratio, num_layers, max_len, fused)
     D, L, n0 = _int("hidden", hidden), _int("num_layers", num_layers), _int("max_len", max_len)

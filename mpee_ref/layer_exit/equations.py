@@ -44,7 +44,7 @@ def eq09_exit_logits(h_cls: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     Returns:
         ``(B, C)`` logits, each in ``[-1, 1]``.
 
-    Deviation: none, but this reading bounds the logits to ``[-1, 1]``, so softmax can never be
+    Deviation (L1): none, but this reading bounds the logits to ``[-1, 1]``, so softmax can never be
     confident (for C = 2, max probability e/(e + e^{-1}) ~ 0.881, entropy >= 0.36 nats) and low
     thresholds F never fire. It is the ``head="tanh"`` switch; the default is
     :func:`eq09_pooled_exit_logits` (see docs/interpretation/layer_exit_and_losses.md).
@@ -68,7 +68,7 @@ def eq09_pooled_exit_logits(h_cls: Tensor, w_pool: Tensor, b_pool: Tensor, w_cls
     Returns:
         ``(B, C)`` unbounded logits.
 
-    Deviation: the paper's Eq. (9) has one affine map inside the tanh and nothing after it; we
+    Deviation (L1): the paper's Eq. (9) has one affine map inside the tanh and nothing after it; we
     add the classifier after the tanh (as the authors' code does) so that logits are unbounded.
     """
     pooled = torch.tanh(nnf.linear(h_cls, w_pool, b_pool))                  # (B, D): tanh(W_p h + b_p)
@@ -137,7 +137,7 @@ def eq10_classifier_memory(prev: Tensor | None, logits: Tensor, lam: float) -> T
     Returns:
         ``(B, C)`` :math:`C_{zm}^l`.
 
-    Deviation: the paper does not say how :math:`C_{zm}^1` starts; we (and the authors) use
+    Deviation (L3): the paper does not say how :math:`C_{zm}^1` starts; we (and the authors) use
     :math:`C_{zm}^1 = C_z^1`, which equals a zero :math:`C_{zm}^0` only when :math:`\lambda = 1`.
     """
     if prev is None:
@@ -186,7 +186,7 @@ def should_exit(entropy: Tensor, threshold: float) -> Tensor:
     Returns:
         ``(B,)`` bool, one decision per sample.
 
-    Deviation: the paper prints "whether the entropy value ... is greater than the preset
+    Deviation (L4): the paper prints "whether the entropy value ... is greater than the preset
     threshold F"; a confident classifier has *low* entropy (§1: exit "when the confidence level is
     higher than the threshold"), and the authors exit when the entropy is below F. The test is
     strict. Exiting every remaining sample at the last layer is the model's job.

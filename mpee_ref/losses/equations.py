@@ -53,7 +53,7 @@ def eq11_cross_entropy(memories: Tensor, labels: Tensor) -> Tensor:
         ``(L,)``: the per-exit cross-entropy, averaged over the batch; :math:`\mathcal{L}_{CE}` is
         its sum (taken in :func:`eq14_total_loss`).
 
-    Deviation: the paper writes one sample; we average over the batch (and sum over exits).
+    Deviation (L5): the paper writes one sample; we average over the batch (and sum over exits).
     """
     L, B, C = memories.shape
     log_p = torch.log_softmax(memories, dim=-1)                            # (L, B, C): log y_hat
@@ -78,7 +78,7 @@ def eq12_teacher(memories: Tensor, w_eta: Tensor, b_eta: Tensor, v: Tensor) -> t
     Returns:
         t ``(B, C)`` teacher logits; eta ``(B, L)`` weights, positive, summing to 1 over L.
 
-    Deviation: none in the math. The paper names the weight and bias :math:`W_\alpha, b_\alpha`
+    Deviation (L6): none in the math. The paper names the weight and bias :math:`W_\alpha, b_\alpha`
     in the text and :math:`W_\eta, b_\eta` in the equation; we use the latter. Whether the
     memories are detached first is :func:`mpee_loss`'s ``detach_teacher_inputs``.
     """
@@ -110,7 +110,7 @@ def eq13_kd_loss(memories: Tensor, teacher: Tensor, tau: float, direction: str =
     Returns:
         ``(L,)``: :math:`\tau^2 \mathrm{KL}_l`; :math:`\mathcal{L}_{KD}` is its sum.
 
-    Deviation: the paper writes one sample; the batch reduction is ours (switchable).
+    Deviation (L7): the paper writes one sample; the batch reduction is ours (switchable).
     """
     C = memories.shape[-1]
     log_s = torch.log_softmax(memories / tau, dim=-1)                      # (L, B, C): log softmax(C_zm/tau)
@@ -144,7 +144,7 @@ def eq14_total_loss(l_ce: Tensor, l_kd: Tensor | None, *, gamma: float | None = 
     Returns:
         scalar loss.
 
-    Deviation: ``gamma`` is the authors' form, not the paper's; off by default.
+    Deviation (L8): ``gamma`` is the authors' form, not the paper's; off by default.
     """
     if gamma is None:
         return l_ce.sum() if l_kd is None else l_ce.sum() + l_kd.sum()

@@ -68,7 +68,7 @@ def eq05_class_attention(probs: Tensor, attention_mask: Tensor | None = None) ->
     Returns:
         ``(B, T-1)``: :math:`A_{class}^l` over the non-CLS keys 1..T-1; 0 at padded keys.
 
-    Deviation: the printed formula pools the head *outputs* :math:`\mathrm{HA}_h` (value-weighted);
+    Deviation (E5-1): the printed formula pools the head *outputs* :math:`\mathrm{HA}_h` (value-weighted);
     the text ("mean values of all attention heads corresponding to the [CLS] token", and
     :math:`h_{CLS} = V \cdot A_{class}`) and the authors' code use the probability row, as here.
     The [CLS] key itself is left out (it is never pruned). Padded keys are set to 0 explicitly so
@@ -93,7 +93,7 @@ def all_token_attention(probs: Tensor, attention_mask: Tensor | None = None) -> 
     Returns:
         ``(B, T-1)`` over the non-CLS keys; 0 at padded keys.
 
-    Deviation: the paper says "sum the attention weights of all tokens"; we average over the real
+    Deviation (E5-2): the paper says "sum the attention weights of all tokens"; we average over the real
     query rows (a per-sample constant 1/n, so the ranking is the same) so that the scale matches
     Eq. (5) (each row of a softmax sums to 1) when the two are mixed in the memory of Eq. (6).
     """
@@ -123,7 +123,7 @@ def eq06_attention_memory(prev: Tensor | None, a_class: Tensor, beta: float) -> 
     Returns:
         ``(B, T-1)`` :math:`A_m^l`.
 
-    Deviation: the paper does not say what :math:`A_m^0` is; we start the memory at layer 1
+    Deviation (E6-1): the paper does not say what :math:`A_m^0` is; we start the memory at layer 1
     with :math:`A_{class}^1` (the authors' code does the same).
     """
     if prev is None:
@@ -145,7 +145,7 @@ def eq07_num_kept(n: Tensor, r_ee: float, r_ee_means: str = "exit") -> Tensor:
         ``(B,)`` long m, in [1, N] when :math:`R_{ee} < 1` and N ≥ 1 ("exit"); m = N at
         :math:`R_{ee} = 0`, m = 0 at :math:`R_{ee} = 1`.
 
-    Deviation: N(1 − R) is rarely an integer; we take the ceiling (the authors' code does too),
+    Deviation (E7-1): N(1 − R) is rarely an integer; we take the ceiling (the authors' code does too),
     computed exactly on the decimal the float stands for (``Fraction(repr(r_ee))``: 0.7 is read as
     7/10), in integers: so N = 10, R = 0.7 gives m = 3 although 10 * (1 - 0.7) =
     3.0000000000000004 in floats. (A non-terminating R such as 1/3 is read as its repr
@@ -201,7 +201,7 @@ def eq08_fuse(tokens: Tensor, alpha: Tensor, fuse: Tensor) -> Tensor:
     Returns:
         ``(B, D)``: :math:`h_{eef}^l` (zeros for a sample with nothing to fuse).
 
-    Deviation: the printed line has no sum over i; a single token built from the p exited tokens
+    Deviation (E8-1): the printed line has no sum over i; a single token built from the p exited tokens
     ("fused into an EE fusion token") needs one. Entries outside ``fuse`` are masked out before
     multiplying, so non-finite padding rows cannot leak in.
     """
@@ -382,7 +382,7 @@ def padded_widths(pad_to: int, prune_layers: tuple[int, ...], num_layers: int, r
         ``(W_1, ..., W_L)``: for 128 slots, layers 4/7/10 and 70% kept: 128 (layers 1-4), 91 (5-7),
         65 (8-10), 47 (11-12).
 
-    Deviation: m is the exact ceiling of :func:`eq07_num_kept`; the authors take the ceiling of a
+    Deviation (E7-2, M6): m is the exact ceiling of :func:`eq07_num_kept`; the authors take the ceiling of a
     float product, which agrees at every width reached from 128 with r = 0.7 (tested). A pruning
     layer where :math:`m \ge W_l - 1` changes nothing (the authors' code then loses its memory).
     """
