@@ -253,12 +253,9 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
         attention_mask: ``(B, T)`` 1 real / 0 padding; column 0 must be 1.
         memory: ``(B, T-1)`` :math:`A_m^l` (Eq. 6) on the non-CLS tokens.
         r_ee: :math:`R_{ee}` in [0, 1]; r_ee_means: ``"exit"`` (paper) / ``"keep"`` (authors).
-        fusion: ``"memory"`` (α_i = A_m^l[i], paper and authors), ``"normalised"`` (α_i / Σ α_j over
-            the fused tokens, EViT) or ``"drop"`` (no fused token; the "w/o EE-fusion" ablation).
-        fused_memory: the fused token's memory entry: ``"sum"`` (Σ of the fused tokens' scores, so
-            Σ memory is unchanged) or ``"mean"`` (authors).
-        n_base: ``(B,)`` integer or None; if given, m is computed from this length (e.g. the
-            original sequence length) and clipped to N.
+        fusion: ``"memory"`` (α_i = A_m^l[i]), ``"normalised"`` (EViT) or ``"drop"`` (w/o EE-fusion).
+        fused_memory: the fused token's A_m entry, ``"sum"`` of the fused scores or ``"mean"`` (authors).
+        n_base: ``(B,)`` or None: m from this length (e.g. the original one), clipped to N.
         select: ``"top"`` keeps the m highest-scoring tokens (the method); ``"bottom"`` keeps the m
             lowest (the paper's Fig. 5 control experiment). Ties go to the lower position either way.
         memory_alignment: ``"gather"`` (default): kept tokens in position order, each with its own
@@ -295,8 +292,7 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
     score = torch.where(exited, memory, torch.zeros_like(memory))              # (B, N)
     alpha = _fusion_weights(score, fusion)                                     # (B, N)
     has_fused = (p > 0) & (fusion != "drop")                                   # (B,)
-    h_eef = (eq08_fuse(hidden[:, 1:], alpha, exited) if fusion != "drop"
-             else hidden.new_zeros(B, D))                                      # (B, D)
+    h_eef = eq08_fuse(hidden[:, 1:], alpha, exited) if fusion != "drop" else hidden.new_zeros(B, D)  # (B, D)
     mem_eef = _fused_memory(score, p, fused_memory, fused_mean_count)          # (B,)
     # ---- Eq. (8), second line: Z~_l = Concat[h_CLS; h_in; h_eef] + right padding
     kept_first = _kept_order(keep, select_score, truncate)                     # (B, N) kept tokens first
@@ -305,7 +301,9 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
 
 
 def _fusion_weights(score: Tensor, fusion: str) -> Tensor:
-    r""":math:`\alpha_i` of Eq. (8) from ``score`` ``(B, N)`` (:math:`A_m^l` on the exited tokens, 0 elsewhere)."""
+    r""":math:`\alpha_i` of Eq. (8) from ``score`` ``(B, N)`` (:math:`A_m^l` on the exited tokens, 0 elsewhere):
+    ``"memory"`` the score itself (paper and authors), ``"normalised"`` divided by the exited tokens' sum
+    (EViT), ``"drop"`` 0 (no fused token: the "w/o EE-fusion" ablation)."""
     if fusion == "memory":
         return score                                                           # (B, N): α_i = A_m^l[i]
     if fusion == "normalised":
@@ -315,8 +313,8 @@ def _fusion_weights(score: Tensor, fusion: str) -> Tensor:
 
 
 def _fused_memory(score: Tensor, p: Tensor, fused_memory: str, fused_mean_count: Tensor | None) -> Tensor:
-    """The fused token's :math:`A_m^l` entry ``(B,)``: the sum of the exited scores, or their mean over p
-    (or over ``fused_mean_count``, the authors' count of exited padded slots)."""
+    """The fused token's :math:`A_m^l` entry ``(B,)``: the sum of the exited scores (so Σ memory is unchanged),
+    or their mean over p (or over ``fused_mean_count``, the authors' count of exited padded slots)."""
     total = score.sum(dim=1)                                                   # (B,) Σ exited scores
     if fused_memory == "sum":
         return total
