@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 from hypothesis import example, given
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,7 +21,7 @@ from mpee_ref.flops import (SampleFlops, authors_layer_macs, authors_padded_leng
                             eq15_layer_flops, eq15_speedup, full_model_flops, fusion_flops, head_flops,
                             sample_flops)
 
-# Tiny config with pairwise-distinct sizes: V 99, D 32, H 4, F 37, L 3, C 3.
+# Tiny config with pairwise-distinct sizes: V 99, D 32, H 4, I 37 (FFN), L 3, C 3.
 V, D, H, FF, L, C = 99, 32, 4, 37, 3, 3
 HEADS = ("pooler", "tanh")
 
@@ -51,13 +51,13 @@ def make_head(kind: str, gen: torch.Generator) -> dict[str, torch.Tensor]:
 def run_head(kind: str, w: dict[str, torch.Tensor], cls: torch.Tensor) -> torch.Tensor:
     """Eq. (9) heads: pooler = Linear D->D, tanh, Linear D->C; tanh = Linear D->C, tanh."""
     if kind == "pooler":
-        return F.linear(torch.tanh(F.linear(cls, w["w1"], w["b1"])), w["w2"], w["b2"])   # (B, C)
-    return torch.tanh(F.linear(cls, w["w2"], w["b2"]))                                     # (B, C)
+        return nnf.linear(torch.tanh(nnf.linear(cls, w["w1"], w["b1"])), w["w2"], w["b2"])   # (B, C)
+    return torch.tanh(nnf.linear(cls, w["w2"], w["b2"]))                                     # (B, C)
 
 
 # ----------------------------------------------------------------------------- hand example
 def test_eq15_hand_example():
-    # D=4, F=8, n=3, C=2.
+    # D=4, I=8 (FFN), n=3, C=2.
     # layer(3,3): Q,K,V,O 4*(2*3*16)=384; QK^T 2*9*4=72; PV 72; FFN 2*(2*3*4*8)=384 -> 912.
     # layer(3,2): 384 + 144 + 2*(2*2*4*8)=256 -> 784.   layer(2,2): 4*(2*2*16)=256 + 2*(2*4*4)=64 + 256 -> 576.
     # pooler head: 2*16 + 2*4*2 = 48; tanh head: 2*4*2 = 16.   fusing p=2 tokens: 2*2*4 = 16.
@@ -191,7 +191,7 @@ def _run(att, ffn, fused, n, Ls):
 @example(_run([5] * 2, [5] * 2, [0] * 2, 5, 3))           # exit one layer early: strict
 def test_eq15_executed_bound_and_its_equality_case(r):
     # executed <= full + (e-1)*head + 2D*k1 (k1 = layers fusing one token), equality iff e = L and no
-    # token ever leaves the sequence (needs F >= 2, which runs() guarantees).
+    # token ever leaves the sequence (needs I >= 2, which runs() guarantees).
     s = sample_flops(**r)
     e, hd = len(r["n_att"]), head_flops(r["hidden"], r["num_labels"], r["head"])
     k1 = sum(p == 1 for p in r["num_fused"])
@@ -299,7 +299,7 @@ def test_authors_bert_base_numbers():
 
 @given(runs())
 def test_authors_convention_is_half_ours_without_heads_and_fusion(r):
-    # With F = 4D and no fusion/heads, our FLOPs are exactly 2 x the authors' MACs.
+    # With I = 4D and no fusion/heads, our FLOPs are exactly 2 x the authors' MACs.
     r = {**r, "intermediate": 4 * r["hidden"]}
     a = sample_flops(**r, convention="authors")
     ours = [eq15_layer_flops(x, y, r["hidden"], r["intermediate"]) for x, y in zip(r["n_att"], r["n_ffn"])]
