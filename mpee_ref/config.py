@@ -52,6 +52,20 @@ def check_field_types(obj: Any) -> None:
                              f"{value!r:.60}")
 
 
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; one-line errors naming the file (``what``: e.g. "config file")."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    return d
+
+
 #: Activations we implement; HF's ``"gelu"`` is the exact erf form, ``"gelu_new"`` the tanh form.
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new")
 
@@ -101,11 +115,6 @@ class BertConfig:
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"BertConfig.pad_token_id must be in [0, vocab_size), got {self.pad_token_id!r}")
 
-    @property
-    def head_size(self) -> int:
-        """d_h = d / H (Eq. 2)."""
-        return self.hidden_size // self.num_attention_heads
-
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> "BertConfig":
@@ -133,16 +142,7 @@ class BertConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "BertConfig":
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such config file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a JSON object")
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_json_object(path, "config file"), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": "bert", **asdict(self)}

@@ -23,7 +23,7 @@ Tolerance: everything runs in float64 and is asserted to 1e-10 (measured: memori
 covered (documented in docs/INTERPRETATION.md M6): attention dropout before the class attention in
 training (dropout is 0 here), ``topk``'s order among exactly equal scores, and the fp32 overflow of
 the authors' ``exp`` entropy.
-The model is 12 layers deep (D 32, H 4, F 37, C 3) so that layers 4/7/10, β's warm-up and the
+The model is 12 layers deep (D 32, H 4, I 37, C 3) so that layers 4/7/10, β's warm-up and the
 authors' hard-coded "last layer = index 11" apply unscaled. ``PAD`` = 24 (not 128) so that real
 tokens are fused at every pruning layer for the longer inputs and only padding for the shorter ones.
 """
@@ -34,7 +34,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 
 from mpee_ref.config import BertConfig
 from mpee_ref.flops import authors_code_sample_macs
@@ -85,15 +85,15 @@ def _attention(layer, h, ext_mask):
     scores = q @ k.transpose(-1, -2) / math.sqrt(D // H) + ext_mask[:, :, :, :N]  # mask cut to N
     probs = torch.softmax(scores, dim=-1)
     ctx = (probs @ v).permute(0, 2, 1, 3).reshape(B, N, D)
-    z = F.layer_norm(_linear(a.output.dense, ctx) + h, (D,), a.output.LayerNorm.weight, a.output.LayerNorm.bias,
+    z = nnf.layer_norm(_linear(a.output.dense, ctx) + h, (D,), a.output.LayerNorm.weight, a.output.LayerNorm.bias,
                      BERT.layer_norm_eps)
     return z, probs
 
 
 def _ffn(layer, z):
     D = z.shape[-1]
-    inner = F.gelu(_linear(layer.intermediate.dense, z))
-    return F.layer_norm(_linear(layer.output.dense, inner) + z, (D,), layer.output.LayerNorm.weight,
+    inner = nnf.gelu(_linear(layer.intermediate.dense, z))
+    return nnf.layer_norm(_linear(layer.output.dense, inner) + z, (D,), layer.output.LayerNorm.weight,
                         layer.output.LayerNorm.bias, BERT.layer_norm_eps)
 
 
@@ -153,10 +153,10 @@ def authors_loss(memories, final, labels, teacher):
     w = _linear(teacher.dense, stacked)
     w = torch.tanh(w) @ teacher.context.weight.T                                    # (B, L, 1)
     t = (stacked * torch.softmax(w.squeeze(2), dim=-1)[..., None]).sum(1)           # (B, C)
-    total = GAMMA * F.cross_entropy(t, labels)
+    total = GAMMA * nnf.cross_entropy(t, labels)
     for s in students:
-        total = total + (1 - GAMMA) * F.cross_entropy(s, labels)
-        p_t, log_q = F.softmax(t / T_KD, dim=1), F.log_softmax(s / T_KD, dim=1)
+        total = total + (1 - GAMMA) * nnf.cross_entropy(s, labels)
+        p_t, log_q = nnf.softmax(t / T_KD, dim=1), nnf.log_softmax(s / T_KD, dim=1)
         kld = (p_t * (torch.log(p_t) - log_q)).mean()     # KLDivLoss(log q, p) with reduction "mean"
         total = total + kld * GAMMA * T_KD * T_KD
     return total

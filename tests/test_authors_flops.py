@@ -19,7 +19,7 @@ def test_rule1_an_early_exit_is_charged_the_next_layers_attention():
     # L = 3, no pruning, 3 slots. Exit at 1: a(3) [layer 1] + a(3) + f(3) [layer 1's FFN, layer 2's attention]
     assert authors_code_lengths(1, (), 1.0, 3, max_len=3) == (3,)
     assert authors_code_sample_macs(1, (), 1.0, 3, 4, max_len=3) == (264 + 264 + 384, 3 * 648)
-    assert authors_sample_flops(1, (), 1.0, 3, 4, max_len=3)[0] == 648          # what really runs
+    assert authors_sample_flops(1, (), 1.0, 3, 4, max_len=3).executed == 648          # what really runs
     # exit at L: the last step adds only the FFN, so a run with nothing skipped is charged exactly full
     assert authors_code_sample_macs(3, (), 1.0, 3, 4, max_len=3) == (3 * 648, 3 * 648)
 
@@ -32,7 +32,8 @@ def test_rule2_the_fused_token_is_left_out_of_the_pruning_layers_ffn_and_the_nex
     executed = 1672 + (1672 + 1408) + (1024 + 1024) + 1152
     assert authors_code_sample_macs(3, (2,), 0.7, 3, 4, max_len=11) == (executed, 3 * 3080) == (7952, 9240)
     # the plain per-layer sum at the lengths that run: (11, 11) + (11, 9) + (9, 9) = 3080 + 2824 + 2376
-    assert authors_sample_flops(3, (2,), 0.7, 3, 4, max_len=11) == (8280, 9240)
+    f = authors_sample_flops(3, (2,), 0.7, 3, 4, max_len=11)
+    assert (f.executed, f.full) == (8280, 9240)
     # exit at the pruning layer: the extra attention block of rule 1 is charged at 8, not 9
     assert authors_code_sample_macs(2, (2,), 0.7, 3, 4, max_len=11)[0] == 1672 + 3080 + 2048
     # without fusion the record is the real width: (11, 8, 8)
@@ -42,7 +43,7 @@ def test_rule2_the_fused_token_is_left_out_of_the_pruning_layers_ffn_and_the_nex
 def test_bert_base_ratios_to_the_plain_sum():
     # per sample, authors' loop / plain per-layer sum, both at 128 padded slots, layers 4/7/10, keep 0.7
     ratio = {e: authors_code_sample_macs(e, (4, 7, 10), 0.7, 12, 768)[0] /
-             authors_sample_flops(e, (4, 7, 10), 0.7, 12, 768)[0] for e in (1, 4, 12)}
+             authors_sample_flops(e, (4, 7, 10), 0.7, 12, 768).executed for e in (1, 4, 12)}
     assert ratio[1] == pytest.approx(1.3514, abs=1e-4)
     assert ratio[4] == pytest.approx(1.0620, abs=1e-4)
     assert ratio[12] == pytest.approx(0.9970, abs=1e-4)

@@ -27,15 +27,15 @@ def randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor
     return scale * torch.randn(*shape, generator=gen, dtype=F64)
 
 
-def layer_params(gen: torch.Generator, D: int, Fi: int) -> dict[str, torch.Tensor]:
+def layer_params(gen: torch.Generator, D: int, I: int) -> dict[str, torch.Tensor]:
     """Random float64 tensors under the short names of ``BertLayer.params()``; LayerNorm gammas near 1
     but not 1 and non-zero betas, so a swapped LayerNorm is visible."""
     p = {}
     for name in ("q", "k", "v", "o"):
         p[f"w_{name}"] = randn(gen, D, D, scale=1 / math.sqrt(D))
         p[f"b_{name}"] = randn(gen, D, scale=0.1)
-    p["w_1"], p["b_1"] = randn(gen, Fi, D, scale=1 / math.sqrt(D)), randn(gen, Fi, scale=0.1)
-    p["w_2"], p["b_2"] = randn(gen, D, Fi, scale=1 / math.sqrt(Fi)), randn(gen, D, scale=0.1)
+    p["w_1"], p["b_1"] = randn(gen, I, D, scale=1 / math.sqrt(D)), randn(gen, I, scale=0.1)
+    p["w_2"], p["b_2"] = randn(gen, D, I, scale=1 / math.sqrt(I)), randn(gen, D, scale=0.1)
     for ln in ("ln1", "ln2"):
         p[f"{ln}_w"] = 1.0 + randn(gen, D, scale=0.3)
         p[f"{ln}_b"] = randn(gen, D, scale=0.3)
@@ -50,15 +50,15 @@ def layer_norm_formula(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
 
 @st.composite
 def layer_case(draw):
-    """(B, T, H, dh, F, seed, lengths): real-token count per sample, the rest is a padded tail."""
+    """(B, T, H, dh, I, seed, lengths): real-token count per sample, the rest is a padded tail."""
     B = draw(st.integers(1, 3))
     T = draw(st.integers(1, 6))
     H = draw(st.integers(1, 3))
     dh = draw(st.integers(1, 3))
-    Fi = draw(st.integers(1, 7))
+    I = draw(st.integers(1, 7))
     seed = draw(st.integers(0, 2**31 - 1))
     lengths = draw(st.lists(st.integers(1, T), min_size=B, max_size=B))
-    return B, T, H, dh, Fi, seed, lengths
+    return B, T, H, dh, I, seed, lengths
 
 
 def tail_mask(lengths: list[int], T: int) -> torch.Tensor:
@@ -92,10 +92,10 @@ def test_layer_norm_equals_formula(B, T, D, seed, eps):
 # ----------------------------------------------------------------------------- the two halves of Eq. (1)
 @given(layer_case())
 def test_eq01_layer_equals_written_out_post_ln_composition(case):
-    B, T, H, dh, Fi, seed, lengths = case
+    B, T, H, dh, I, seed, lengths = case
     D = H * dh
     gen = torch.Generator().manual_seed(seed)
-    p = layer_params(gen, D, Fi)
+    p = layer_params(gen, D, I)
     h = randn(gen, B, T, D)                                                  # (B, T, D)
     bias = attention_mask_bias(tail_mask(lengths, T), F64)                   # (B, 1, 1, T)
     mhsa, probs_ref = eq02_mhsa(h, p["w_q"], p["b_q"], p["w_k"], p["b_k"], p["w_v"], p["b_v"],
@@ -144,10 +144,10 @@ def test_eq01_sublayer_dropout_only_in_training():
 @given(layer_case(), st.integers(1, 4))
 def test_eq01_padding_never_changes_real_tokens(case, n_pad):
     """Append n_pad random tokens with mask 0: every real position's output is unchanged."""
-    B, T, H, dh, Fi, seed, lengths = case
+    B, T, H, dh, I, seed, lengths = case
     D = H * dh
     gen = torch.Generator().manual_seed(seed)
-    p = layer_params(gen, D, Fi)
+    p = layer_params(gen, D, I)
     h = randn(gen, B, T, D)                                                  # (B, T, D)
     mask = tail_mask(lengths, T)                                             # (B, T)
     out, probs = run_layer(h, p, H, mask)
@@ -162,10 +162,10 @@ def test_eq01_padding_never_changes_real_tokens(case, n_pad):
 
 @given(layer_case())
 def test_eq01_batch_equals_one_sample_at_a_time(case):
-    B, T, H, dh, Fi, seed, lengths = case
+    B, T, H, dh, I, seed, lengths = case
     D = H * dh
     gen = torch.Generator().manual_seed(seed)
-    p = layer_params(gen, D, Fi)
+    p = layer_params(gen, D, I)
     h = randn(gen, B, T, D)
     mask = tail_mask(lengths, T)
     out, probs = run_layer(h, p, H, mask)
@@ -180,10 +180,10 @@ def test_eq01_batch_equals_one_sample_at_a_time(case):
 def test_eq01_permuting_tokens_permutes_the_output(case):
     """A layer has no position information: permuting the real tokens of each sample (padding stays
     at the tail) permutes the output rows and the attention rows and columns the same way."""
-    B, T, H, dh, Fi, seed, lengths = case
+    B, T, H, dh, I, seed, lengths = case
     D = H * dh
     gen = torch.Generator().manual_seed(seed)
-    p = layer_params(gen, D, Fi)
+    p = layer_params(gen, D, I)
     h = randn(gen, B, T, D)
     mask = tail_mask(lengths, T)
     perm = torch.stack([torch.cat([torch.randperm(n, generator=gen), torch.arange(n, T)])
@@ -205,8 +205,8 @@ NAMES_FFN = ("w_1", "b_1", "w_2", "b_2", "ln2_w", "ln2_b")
 
 def test_gradcheck_attention_sublayer():
     gen = torch.Generator().manual_seed(1)
-    H, D, Fi = 2, 6, 5
-    p = layer_params(gen, D, Fi)
+    H, D, I = 2, 6, 5
+    p = layer_params(gen, D, I)
     h = randn(gen, 2, 4, D)
     bias = attention_mask_bias(torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]), F64)
 
@@ -221,8 +221,8 @@ def test_gradcheck_attention_sublayer():
 
 def test_gradcheck_ffn_sublayer():
     gen = torch.Generator().manual_seed(2)
-    D, Fi = 4, 7
-    p = layer_params(gen, D, Fi)
+    D, I = 4, 7
+    p = layer_params(gen, D, I)
     z = randn(gen, 2, 3, D)
 
     def f(z, *tensors):

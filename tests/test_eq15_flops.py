@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 from hypothesis import example, given
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,7 +21,7 @@ from mpee_ref.flops import (SampleFlops, authors_layer_macs, authors_padded_leng
                             eq15_layer_flops, eq15_speedup, full_model_flops, fusion_flops, head_flops,
                             sample_flops)
 
-# Tiny config with pairwise-distinct sizes: V 99, D 32, H 4, F 37, L 3, C 3.
+# Tiny config with pairwise-distinct sizes: V 99, D 32, H 4, I 37 (FFN), L 3, C 3.
 V, D, H, FF, L, C = 99, 32, 4, 37, 3, 3
 HEADS = ("pooler", "tanh")
 
@@ -51,13 +51,13 @@ def make_head(kind: str, gen: torch.Generator) -> dict[str, torch.Tensor]:
 def run_head(kind: str, w: dict[str, torch.Tensor], cls: torch.Tensor) -> torch.Tensor:
     """Eq. (9) heads: pooler = Linear D->D, tanh, Linear D->C; tanh = Linear D->C, tanh."""
     if kind == "pooler":
-        return F.linear(torch.tanh(F.linear(cls, w["w1"], w["b1"])), w["w2"], w["b2"])   # (B, C)
-    return torch.tanh(F.linear(cls, w["w2"], w["b2"]))                                     # (B, C)
+        return nnf.linear(torch.tanh(nnf.linear(cls, w["w1"], w["b1"])), w["w2"], w["b2"])   # (B, C)
+    return torch.tanh(nnf.linear(cls, w["w2"], w["b2"]))                                     # (B, C)
 
 
 # ----------------------------------------------------------------------------- hand example
 def test_eq15_hand_example():
-    # D=4, F=8, n=3, C=2.
+    # D=4, I=8 (FFN), n=3, C=2.
     # layer(3,3): Q,K,V,O 4*(2*3*16)=384; QK^T 2*9*4=72; PV 72; FFN 2*(2*3*4*8)=384 -> 912.
     # layer(3,2): 384 + 144 + 2*(2*2*4*8)=256 -> 784.   layer(2,2): 4*(2*2*16)=256 + 2*(2*4*4)=64 + 256 -> 576.
     # pooler head: 2*16 + 2*4*2 = 48; tanh head: 2*4*2 = 16.   fusing p=2 tokens: 2*2*4 = 16.
@@ -191,7 +191,7 @@ def _run(att, ffn, fused, n, Ls):
 @example(_run([5] * 2, [5] * 2, [0] * 2, 5, 3))           # exit one layer early: strict
 def test_eq15_executed_bound_and_its_equality_case(r):
     # executed <= full + (e-1)*head + 2D*k1 (k1 = layers fusing one token), equality iff e = L and no
-    # token ever leaves the sequence (needs F >= 2, which runs() guarantees).
+    # token ever leaves the sequence (needs I >= 2, which runs() guarantees).
     s = sample_flops(**r)
     e, hd = len(r["n_att"]), head_flops(r["hidden"], r["num_labels"], r["head"])
     k1 = sum(p == 1 for p in r["num_fused"])
@@ -276,8 +276,9 @@ def test_authors_hand_example():
     # max_len 11, L=3, prune at layer 2, keep 0.7: kept = ceil(0.7*10) = 7 -> 7 + CLS + fused = 9 tokens.
     assert authors_padded_lengths(3, (2,), 0.7, 3, max_len=11) == ((11, 11, 9), (11, 9, 9))
     # macs(n, f) = 8n^2 + 64n + 128f at D=4: (11,11) 3080, (11,9) 2824, (9,9) 2376.
-    assert authors_sample_flops(3, (2,), 0.7, 3, 4, max_len=11) == (3080 + 2824 + 2376, 3 * 3080)
-    assert authors_sample_flops(1, (2,), 0.7, 3, 4, max_len=11) == (3080, 3 * 3080)
+    assert authors_sample_flops(3, (2,), 0.7, 3, 4, max_len=11) == SampleFlops(
+        executed=3080 + 2824 + 2376, full=3 * 3080, per_layer=(3080, 2824, 2376))
+    assert authors_sample_flops(1, (2,), 0.7, 3, 4, max_len=11) == SampleFlops(3080, 3 * 3080, (3080,))
 
 
 def test_authors_bert_base_numbers():
@@ -291,13 +292,14 @@ def test_authors_bert_base_numbers():
     assert full == 11_173_625_856
     executed = (3 * macs(128, 128) + macs(128, 91) + 2 * macs(91, 91) + macs(91, 65) + 2 * macs(65, 65)
                 + macs(65, 47) + 2 * macs(47, 47))
-    assert authors_sample_flops(12, (4, 7, 10), 0.7, 12, 768) == (executed, full)
+    f = authors_sample_flops(12, (4, 7, 10), 0.7, 12, 768)
+    assert (f.executed, f.full, sum(f.per_layer)) == (executed, full, executed)
     assert executed == 7_384_522_752       # rho = 1.513 with pruning alone, no early exit
 
 
 @given(runs())
 def test_authors_convention_is_half_ours_without_heads_and_fusion(r):
-    # With F = 4D and no fusion/heads, our FLOPs are exactly 2 x the authors' MACs.
+    # With I = 4D and no fusion/heads, our FLOPs are exactly 2 x the authors' MACs.
     r = {**r, "intermediate": 4 * r["hidden"]}
     a = sample_flops(**r, convention="authors")
     ours = [eq15_layer_flops(x, y, r["hidden"], r["intermediate"]) for x, y in zip(r["n_att"], r["n_ffn"])]

@@ -1,5 +1,6 @@
 """GLUE readers (mpee_ref/data/glue.py): every task's layout on tiny TSVs written in tmp_path, every error
-path (file name and 1-based line number in the message), and the real row counts from ../shared/data."""
+path (file name and 1-based line number in the message), and the real row counts of the GLUE data
+(found as tests/conftest.py says; those tests skip without it)."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ the generator's git revision and, per entry, its equation, the mpee_ref function
     external  a tensor of weights/minilm-l6/model.safetensors (not stored)
 
 Equation-level entries are float64 on tiny shapes with pairwise-distinct sizes (B 2, T 7, D 32, H 4,
-dh 8, F 37, C 3, L 5). ``e2e_infer`` runs :meth:`MPEEModel.infer` on a tiny float64 MPEE model (V 99,
-D 32, H 4, F 37, L 3, C 5, B 6, T 11) whose threshold is chosen so samples exit at different layers and
+dh 8, I 37, C 3, L 5). ``e2e_infer`` runs :meth:`MPEEModel.infer` on a tiny float64 MPEE model (V 99,
+D 32, H 4, I 37, L 3, C 5, B 6, T 11) whose threshold is chosen so samples exit at different layers and
 some prune at two layers; ``e2e_padded`` is the same batch as one padded batch through every layer;
 ``e2e_infer_ceil`` uses R_ee = 0.7 where a float ceil and the original-length ratio base change the kept
 counts; ``e2e_authors`` runs the same batch under ``MPEEConfig.authors`` (kept counts over inputs padded to
@@ -69,7 +69,7 @@ TOLERANCES = {
 }
 LAYER_KEYS = ("w_q", "b_q", "w_k", "b_k", "w_v", "b_v", "w_o", "b_o", "ln1_w", "ln1_b",
               "w_1", "b_1", "w_2", "b_2", "ln2_w", "ln2_b")
-B, T, D, H, F, C, L = 2, 7, 32, 4, 37, 3, 5              # equation-level sizes (dh = 8)
+B, T, D, H, I, C, L = 2, 7, 32, 4, 37, 3, 5              # equation-level sizes (dh = 8)
 EPS = 1e-12
 LENGTHS = [7, 5]                                          # real tokens per sample (row 1 is padded)
 
@@ -171,7 +171,7 @@ def mask_values() -> list[list[int]]:
 
 
 def layer_params(v: Vectors, entry: str) -> dict[str, torch.Tensor]:
-    shapes = {"w_q": (D, D), "w_k": (D, D), "w_v": (D, D), "w_o": (D, D), "w_1": (F, D), "w_2": (D, F)}
+    shapes = {"w_q": (D, D), "w_k": (D, D), "w_v": (D, D), "w_o": (D, D), "w_1": (I, D), "w_2": (D, I)}
     p = {}
     for k in LAYER_KEYS:
         if k in shapes:
@@ -179,7 +179,7 @@ def layer_params(v: Vectors, entry: str) -> dict[str, torch.Tensor]:
         elif k.startswith("ln"):
             p[k] = v.sin(entry, k, (D,), scale=0.1, offset=1.0 if k.endswith("_w") else 0.0, role="param")
         else:
-            p[k] = v.sin(entry, k, (F,) if k == "b_1" else (D,), scale=0.05, role="param")
+            p[k] = v.sin(entry, k, (I,) if k == "b_1" else (D,), scale=0.05, role="param")
     return p
 
 
@@ -544,7 +544,7 @@ def build_equations(v: Vectors) -> None:
     e = "eq04_ffn"
     v.entry(e, "4", "mpee_ref.encoder.equations.eq04_ffn")
     v.sin(e, "z_tilde", (B, T, D))
-    for k, shape in (("w_1", (F, D)), ("b_1", (F,)), ("w_2", (D, F)), ("b_2", (D,))):
+    for k, shape in (("w_1", (I, D)), ("b_1", (I,)), ("w_2", (D, I)), ("b_2", (D,))):
         v.sin(e, k, shape, scale=0.25 if k.startswith("w") else 0.05, role="param")
     run_entry(v, e)
 
@@ -638,7 +638,7 @@ def build_equations(v: Vectors) -> None:
 
     e = "eq15_flops"
     v.entry(e, "15", "mpee_ref.flops.eq15_layer_flops / head_flops / fusion_flops / sample_flops / eq15_speedup",
-            tol="exact", hidden=D, intermediate=F, num_labels=C, num_layers=L)
+            tol="exact", hidden=D, intermediate=I, num_labels=C, num_layers=L)
     v.literal(e, "layer_cases", [[1, 1], [7, 7], [7, 5], [11, 4], [128, 90]])
     v.literal(e, "n_att", [11, 11, 8, 8])                   # a run: prune 4 -> fused at layer 2, exit at 4
     v.literal(e, "n_ffn", [11, 8, 8, 8])

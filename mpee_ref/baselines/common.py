@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,7 @@ from ..encoder.equations import padding_bias
 from ..flops import SampleFlops, full_model_flops, head_flops, sample_flops
 from ..layer_exit import HEAD_KINDS, ExitHead
 from ..losses import eq11_cross_entropy
+from ..losses.checks import check_labels
 from ..mpee.model import InferenceOutput
 
 #: rule(l, logits (B_a, C), state) -> (leave (B_a,) bool, signal (B_a,) float, new state).
@@ -57,7 +58,13 @@ class HeadConfig:
         head_norm: standardise h_CLS per feature before each classifier, MPEE's exit-head recipe
             (docs/interpretation/layer_exit_and_losses.md, L10); folds away for inference
             (:meth:`BaselineModel.fold_head_norms`). Off by default, as in the original methods.
+
+    A method's config declares its string switches in ``CHOICES`` (field -> allowed values) and its
+    numeric thresholds in ``NUMBERS``; :meth:`__post_init__` checks both.
     """
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+    NUMBERS: ClassVar[tuple[str, ...]] = ()
 
     num_labels: int = 2
     head: str = "pooler"
@@ -75,6 +82,13 @@ class HeadConfig:
             raise ValueError(f"{owner}.classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}")
         if not isinstance(self.head_norm, bool):
             raise ValueError(f"{owner}.head_norm must be a bool, got {self.head_norm!r}")
+        for name, values in self.CHOICES.items():
+            if getattr(self, name) not in values:
+                raise ValueError(f"{owner}.{name} must be one of {values}, got {getattr(self, name)!r}")
+        for name in self.NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ValueError(f"{owner}.{name} must be a number, got {value!r}")
 
 
 # ============================================================================ typed outputs
@@ -148,20 +162,25 @@ def baseline_sample_flops(n_att: Sequence[int], n_ffn: Sequence[int], n_tokens: 
     Args:
         n_att, n_ffn: per executed layer, tokens at MHSA and at the FFN (``n_ffn < n_att`` where
             PoWER-BERT eliminates).  n_tokens: the sample's real length n.
-        head_layers: 1-based layers with a classifier (sorted).  bert: the backbone config (L, D, F).
+        head_layers: 1-based layers with a classifier (sorted).  bert: the backbone config (L, D, I).
         num_labels: C.  head: the classifier kind (``"pooler"`` or ``"tanh"``).
     Returns:
         :class:`~mpee_ref.flops.SampleFlops`; ``per_layer`` includes the head where one ran.
     """
     e = len(n_att)
-    L, D, Fi = bert.num_hidden_layers, bert.hidden_size, bert.intermediate_size
-    layers = sample_flops(n_att, n_ffn, [0] * e, n_tokens, L, D, Fi, num_labels, head,
+    L, D, I = bert.num_hidden_layers, bert.hidden_size, bert.intermediate_size
+    layers = sample_flops(n_att, n_ffn, [0] * e, n_tokens, L, D, I, num_labels, head,
                           count_heads=False)                                # layers only
     h = head_flops(D, num_labels, head)
     ks = set(head_layers)
     per_layer = tuple(c + (h if l in ks else 0) for l, c in enumerate(layers.per_layer, start=1))
-    return SampleFlops(executed=sum(per_layer), full=full_model_flops(n_tokens, L, D, Fi, num_labels, head),
+    return SampleFlops(executed=sum(per_layer), full=full_model_flops(n_tokens, L, D, I, num_labels, head),
                        per_layer=per_layer)
+
+
+def cross_entropy_per_head(logits: Tensor, labels: Tensor | None) -> Tensor | None:
+    """Eq. (11) on every head's logits ``(K, B, C)`` -> ``(K,)``; None without labels."""
+    return None if labels is None else eq11_cross_entropy(logits, labels)
 
 
 # ============================================================================ the module
@@ -183,6 +202,14 @@ class BaselineModel(nn.Module):
         self.heads = nn.ModuleList(ExitHead(bert_config.hidden_size, config.num_labels, config.head,
                                             config.classifier_dropout, norm=config.head_norm)
                                    for _ in layers)
+
+    def resolve_stage(self, stage: str | None) -> str:
+        """The training stage of one ``forward`` call: ``stage``, or the config's when None."""
+        stage = self.config.stage if stage is None else stage
+        allowed = type(self.config).CHOICES["stage"]
+        if stage not in allowed:
+            raise ValueError(f"stage must be one of {allowed}, got {stage!r}")
+        return stage
 
     def init_heads_from_pooler(self) -> None:
         """Copy the backbone's pretrained pooler into every ``"pooler"`` head (BERT's own classifier
@@ -227,23 +254,18 @@ class BaselineModel(nn.Module):
         raise ValueError(f"infer() expects an encoded batch (dict, tokenizer output or id tensor), "
                          f"got {type(inputs).__name__}")
 
-    @staticmethod
-    def check_labels(labels: Tensor, B: int, C: int) -> None:
-        if labels.shape != (B,):
-            raise ValueError(f"labels must have shape (B,) = ({B},), got {tuple(labels.shape)}")
-        if int(labels.min()) < 0 or int(labels.max()) >= C:
-            raise ValueError(f"labels must be in [0, {C}), got min {int(labels.min())}, max {int(labels.max())}")
+    check_labels = staticmethod(check_labels)          # (B,) integer ids in [0, C), else ValueError
 
-    def single_classifier_output(self, logits: Tensor, tokens: Tensor, labels: Tensor | None) -> BaselineTrainOutput:
-        """The training output of a model with one trained classifier (``logits`` (1, B, C)): its
-        cross-entropy when ``labels`` are given."""
-        loss = per_head = None
+    def train_output(self, logits: Tensor, tokens: Tensor, labels: Tensor | None,
+                     per_head_loss: Callable[[Tensor, Tensor | None], Tensor | None] | None = None,
+                     total: Callable[[Tensor], Tensor] = Tensor.sum) -> BaselineTrainOutput:
+        """The training output: ``labels`` checked when given; ``per_head_loss(logits, labels)`` (default:
+        each head's cross-entropy, Eq. 11, None without labels) and the method's ``total`` of it."""
         if labels is not None:
             self.check_labels(labels, logits.shape[1], self.num_labels)
-            per_head = eq11_cross_entropy(logits, labels)                           # (1,)
-            loss = per_head.sum()
-        return BaselineTrainOutput(logits=logits, head_layers=self.head_layers, tokens=tokens, loss=loss,
-                                   per_head_loss=per_head)
+        per_head = (per_head_loss or cross_entropy_per_head)(logits, labels)         # (K,) or None
+        return BaselineTrainOutput(logits=logits, head_layers=self.head_layers, tokens=tokens,
+                                   loss=None if per_head is None else total(per_head), per_head_loss=per_head)
 
     # ------------------------------------------------------------------ training forward
     def run_all(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None,
@@ -325,3 +347,10 @@ class BaselineModel(nn.Module):
                                             [k for k in self.head_layers if k <= exit_layer],
                                             self.bert_config, self.num_labels, self.head)))
         return BaselineInferenceOutput(samples=tuple(samples))
+
+
+class EveryLayerModel(BaselineModel):
+    """A baseline with a classifier after every layer (``heads.{l-1}``, l = 1..L): DeeBERT, FastBERT, PABEE."""
+
+    def __init__(self, bert_config: BertConfig, config: HeadConfig):
+        super().__init__(bert_config, tuple(range(1, bert_config.num_hidden_layers + 1)), config)

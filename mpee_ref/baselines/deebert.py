@@ -33,10 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import BertConfig
 from ..layer_exit import exit_entropy, should_exit
-from ..losses import eq11_cross_entropy
-from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, HeadConfig
+from .common import BaselineInferenceOutput, BaselineTrainOutput, EveryLayerModel, HeadConfig
 
 DEEBERT_STAGES = ("backbone", "ramps")
 
@@ -56,7 +54,7 @@ def deebert_loss(per_layer_ce: Tensor, stage: str) -> Tensor:
     Returns:
         scalar loss.
 
-    Deviation: none in the formula; the batch mean inside each :math:`\mathcal{L}_i` is ours.
+    Deviation (B2): none in the formula; the batch mean inside each :math:`\mathcal{L}_i` is ours.
     """
     if per_layer_ce.dim() != 1 or per_layer_ce.numel() < 2:
         raise ValueError(f"per_layer_ce must be (L,) with L >= 2, got shape {tuple(per_layer_ce.shape)}")
@@ -77,40 +75,24 @@ class DeeBERTConfig(HeadConfig):
         stage: ``"backbone"`` (stage 1) or ``"ramps"`` (stage 2), which loss ``forward`` returns.
     """
 
+    CHOICES = {"stage": DEEBERT_STAGES}
+    NUMBERS = ("entropy_threshold",)
+
     entropy_threshold: float = 0.3
     stage: str = "backbone"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.stage not in DEEBERT_STAGES:
-            raise ValueError(f"DeeBERTConfig.stage must be one of {DEEBERT_STAGES}, got {self.stage!r}")
-        if not isinstance(self.entropy_threshold, (int, float)) or self.entropy_threshold != self.entropy_threshold:
-            raise ValueError(f"DeeBERTConfig.entropy_threshold must be a number, got {self.entropy_threshold!r}")
 
-
-class DeeBERT(BaselineModel):
+class DeeBERT(EveryLayerModel):
     """Backbone + a classifier after every layer (``heads.{l-1}``; the last one is the final classifier)."""
-
-    def __init__(self, bert_config: BertConfig, config: DeeBERTConfig):
-        L = bert_config.num_hidden_layers
-        super().__init__(bert_config, tuple(range(1, L + 1)), config)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None, *,
                 stage: str | None = None) -> BaselineTrainOutput:
         """All L layers for every sample; :func:`deebert_loss` of ``stage`` (default: the config's)."""
-        stage = self.config.stage if stage is None else stage
-        if stage not in DEEBERT_STAGES:
-            raise ValueError(f"stage must be one of {DEEBERT_STAGES}, got {stage!r}")
+        stage = self.resolve_stage(stage)
         logits, tokens = self.run_all(input_ids, attention_mask, token_type_ids,
                                       detach_heads=stage == "ramps")                # (L, B, C), (L, B)
-        loss = per_layer = None
-        if labels is not None:
-            self.check_labels(labels, logits.shape[1], self.num_labels)
-            per_layer = eq11_cross_entropy(logits, labels)                          # (L,)
-            loss = deebert_loss(per_layer, stage)
-        return BaselineTrainOutput(logits=logits, head_layers=self.head_layers, tokens=tokens, loss=loss,
-                                   per_head_loss=per_layer)
+        return self.train_output(logits, tokens, labels, total=lambda per_layer: deebert_loss(per_layer, stage))
 
     @torch.inference_mode()
     def infer(self, inputs: Any, *, entropy_threshold: float | None = None) -> BaselineInferenceOutput:

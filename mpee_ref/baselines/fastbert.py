@@ -37,8 +37,8 @@ from torch import Tensor
 
 from ..config import BertConfig
 from ..layer_exit import exit_entropy
-from ..losses import KD_DIRECTIONS, eq11_cross_entropy, eq13_kd_loss
-from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, HeadConfig
+from ..losses import KD_DIRECTIONS, eq13_kd_loss
+from .common import BaselineInferenceOutput, BaselineTrainOutput, EveryLayerModel, HeadConfig, cross_entropy_per_head
 
 FASTBERT_STAGES = ("backbone", "distill")
 
@@ -54,7 +54,7 @@ def fastbert_uncertainty(logits: Tensor) -> Tensor:
     Returns:
         ``(B,)`` in [0, 1]: 0 for a one-hot distribution, 1 for the uniform one.
 
-    Deviation: none; computed from ``log_softmax`` (finite for any logits).
+    Deviation (B3): none; computed from ``log_softmax`` (finite for any logits).
     """
     if logits.dim() != 2 or logits.shape[1] < 2:
         raise ValueError(f"logits must be (B, C) with C >= 2, got shape {tuple(logits.shape)}")
@@ -77,7 +77,7 @@ def fastbert_distill_loss(student_logits: Tensor, teacher_logits: Tensor,
     Returns:
         ``(S,)`` the per-student KL (batch mean); the loss is its sum.
 
-    Deviation: the batch mean is ours. The direction of the printed :math:`D_{KL}(p_s, p_t)` is
+    Deviation (B3): the batch mean is ours. The direction of the printed :math:`D_{KL}(p_s, p_t)` is
     read from its expansion; the switch gives the other.
     """
     if student_logits.dim() != 3:
@@ -96,28 +96,21 @@ class FastBERTConfig(HeadConfig):
         kd_direction: direction of the KL, see :func:`fastbert_distill_loss`.
     """
 
+    CHOICES = {"stage": FASTBERT_STAGES, "kd_direction": KD_DIRECTIONS}
+    NUMBERS = ("speed",)
+
     speed: float = 0.5
     stage: str = "backbone"
     kd_direction: str = "student_teacher"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.stage not in FASTBERT_STAGES:
-            raise ValueError(f"FastBERTConfig.stage must be one of {FASTBERT_STAGES}, got {self.stage!r}")
-        if self.kd_direction not in KD_DIRECTIONS:
-            raise ValueError(f"FastBERTConfig.kd_direction must be one of {KD_DIRECTIONS}, got {self.kd_direction!r}")
-        if not isinstance(self.speed, (int, float)) or self.speed != self.speed:
-            raise ValueError(f"FastBERTConfig.speed must be a number, got {self.speed!r}")
 
-
-class FastBERT(BaselineModel):
+class FastBERT(EveryLayerModel):
     """Backbone + students ``heads.0..L-2`` (after layers 1..L-1) + teacher ``heads.{L-1}``."""
 
     def __init__(self, bert_config: BertConfig, config: FastBERTConfig):
-        L = bert_config.num_hidden_layers
-        if L < 2:
-            raise ValueError(f"FastBERT needs at least 2 layers (students + teacher), got {L}")
-        super().__init__(bert_config, tuple(range(1, L + 1)), config)
+        if bert_config.num_hidden_layers < 2:
+            raise ValueError(f"FastBERT needs at least 2 layers (students + teacher), got {bert_config.num_hidden_layers}")
+        super().__init__(bert_config, config)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None, *,
@@ -125,22 +118,14 @@ class FastBERT(BaselineModel):
         """All L layers. ``"backbone"``: CE of the teacher when labels are given. ``"distill"``:
         :func:`fastbert_distill_loss`, always (self-distillation needs no labels; any given are checked
         and ignored)."""
-        stage = self.config.stage if stage is None else stage
-        if stage not in FASTBERT_STAGES:
-            raise ValueError(f"stage must be one of {FASTBERT_STAGES}, got {stage!r}")
+        stage = self.resolve_stage(stage)
         logits, tokens = self.run_all(input_ids, attention_mask, token_type_ids,
                                       detach_heads=stage == "distill")              # (L, B, C), (L, B)
-        loss = per_head = None
-        if labels is not None:
-            self.check_labels(labels, logits.shape[1], self.num_labels)
-        if stage == "distill":
-            per_head = fastbert_distill_loss(logits[:-1], logits[-1], self.config.kd_direction)  # (L-1,)
-        elif labels is not None:
-            per_head = eq11_cross_entropy(logits[-1:], labels)                      # (1,) teacher CE
-        if per_head is not None:
-            loss = per_head.sum()
-        return BaselineTrainOutput(logits=logits, head_layers=self.head_layers, tokens=tokens, loss=loss,
-                                   per_head_loss=per_head)
+        if stage == "distill":                                                      # (L-1,) students' KL
+            per_head = lambda lg, _: fastbert_distill_loss(lg[:-1], lg[-1], self.config.kd_direction)  # noqa: E731
+        else:                                                                       # (1,) teacher CE
+            per_head = lambda lg, y: cross_entropy_per_head(lg[-1:], y)             # noqa: E731
+        return self.train_output(logits, tokens, labels, per_head)
 
     @torch.inference_mode()
     def infer(self, inputs: Any, *, speed: float | None = None) -> BaselineInferenceOutput:

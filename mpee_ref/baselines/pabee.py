@@ -22,9 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import BertConfig
-from ..losses import eq11_cross_entropy
-from .common import BaselineInferenceOutput, BaselineModel, BaselineTrainOutput, HeadConfig
+from .common import BaselineInferenceOutput, BaselineTrainOutput, EveryLayerModel, HeadConfig
 
 
 def pabee_weighted_loss(per_layer_ce: Tensor) -> Tensor:
@@ -103,24 +101,14 @@ class PABEEConfig(HeadConfig):
             raise ValueError(f"PABEEConfig.patience must be an int >= 1, got {self.patience!r}")
 
 
-class PABEE(BaselineModel):
+class PABEE(EveryLayerModel):
     """Backbone + an internal classifier after every layer (``heads.{l-1}``)."""
-
-    def __init__(self, bert_config: BertConfig, config: PABEEConfig):
-        L = bert_config.num_hidden_layers
-        super().__init__(bert_config, tuple(range(1, L + 1)), config)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None) -> BaselineTrainOutput:
         """All L layers; :func:`pabee_weighted_loss` when labels are given."""
         logits, tokens = self.run_all(input_ids, attention_mask, token_type_ids)   # (L, B, C), (L, B)
-        loss = per_layer = None
-        if labels is not None:
-            self.check_labels(labels, logits.shape[1], self.num_labels)
-            per_layer = eq11_cross_entropy(logits, labels)                          # (L,)
-            loss = pabee_weighted_loss(per_layer)
-        return BaselineTrainOutput(logits=logits, head_layers=self.head_layers, tokens=tokens, loss=loss,
-                                   per_head_loss=per_layer)
+        return self.train_output(logits, tokens, labels, total=pabee_weighted_loss)
 
     @torch.inference_mode()
     def infer(self, inputs: Any, *, patience: int | None = None) -> BaselineInferenceOutput:

@@ -53,7 +53,7 @@ def power_significance(probs: Tensor, attention_mask: Tensor | None = None) -> T
         ``(B, T-1)`` significance of the non-[CLS] tokens 1..T-1; 0 at padded keys.
         For a sample of n real tokens the full row (with [CLS]) sums to H·n.
 
-    Deviation: padding query rows are excluded (ours, so that padding cannot change a ranking);
+    Deviation (B5): padding query rows are excluded (ours, so that padding cannot change a ranking);
     [CLS] is left out because it is always kept.
     """
     if probs.dim() != 4 or probs.shape[-1] != probs.shape[-2]:
@@ -125,7 +125,7 @@ class PowerBERT(BaselineModel):
         """All L layers with elimination active (PoWER-BERT's final fine-tuning); classifier CE."""
         logits, tokens = self.run_all(input_ids, attention_mask, token_type_ids,
                                       eliminate=self._eliminate(self._fractions))   # (1, B, C), (L, B)
-        return self.single_classifier_output(logits, tokens, labels)
+        return self.train_output(logits, tokens, labels)
 
     @torch.inference_mode()
     def infer(self, inputs: Any, *, retention: tuple[float, ...] | None = None) -> BaselineInferenceOutput:

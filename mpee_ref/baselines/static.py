@@ -62,7 +62,7 @@ class StaticTruncation(BaselineModel):
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None) -> BaselineTrainOutput:
         """k layers for every sample; the cross-entropy of the one classifier when labels are given."""
         logits, tokens = self.run_all(input_ids, attention_mask, token_type_ids)   # (1, B, C), (k, B)
-        return self.single_classifier_output(logits, tokens, labels)
+        return self.train_output(logits, tokens, labels)
 
     @torch.inference_mode()
     def infer(self, inputs: Any) -> BaselineInferenceOutput:

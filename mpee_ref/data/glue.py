@@ -49,7 +49,7 @@ Decisions (each one is a choice the paper does not make; the GLUE conventions ar
 1. ``data_dir/<TaskSpec.folder>/<file>`` when ``data_dir/<folder>`` is a directory (``data_dir`` is the
    GLUE root);
 2. ``data_dir/<file>`` (``data_dir`` is the task folder itself, or any folder holding ``train.tsv``/
-   ``dev.tsv`` directly, e.g. the 6,920-sentence SST-2 split in ``shared/data/sst2-sentences``) -- unless
+   ``dev.tsv`` directly, e.g. a folder holding only an SST-2 sentence-level split) -- unless
    ``data_dir``'s name is the GLUE folder of a *different* task (``.../RTE`` asked for SST-2), which is
    refused as the wrong folder.
 """

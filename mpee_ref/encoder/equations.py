@@ -1,16 +1,18 @@
 r"""The BERT encoder as the paper writes it: Eqs. (1)-(4), §2 "Preliminaries".
 
 Every function here is pure (tensors in, tensors out, no module state) so that it can be read next
-to the paper, tested on its own and ported line by line. ``mpee_ref/encoder/model.py`` only wires
+to the paper, tested on its own and ported function by function. ``mpee_ref/encoder/model.py`` only wires
 them to the checkpoint's parameters.
 
 Shape legend (used in every shape comment of the package)::
 
     B   batch size                    T   tokens in the sequence (N + 1 with [CLS]; shrinks under Eq. 8)
     D   hidden size d                 H   attention heads
-    dh  head size d_h = d / H         F   FFN inner size (4d in the paper)
+    dh  head size d_h = d / H         I   FFN inner size, HF's intermediate_size (4d in the paper)
     L   layers                        C   classes (J in Eq. 9)
     V   vocabulary size
+
+(F is never a size: it is the entropy threshold of the exit test.)
 
 Paper notation <-> code:
 
@@ -18,9 +20,10 @@ Paper notation <-> code:
     W_h^Q, W_h^K, W_h^V     per-head slices of query/key/value       ``w_q``...   (D, D) = H slices of (dh, D)
     W^o                     output projection                        ``w_o``      (D, D)
     \tilde Z_l              MHSA sub-layer output (after Add & Norm) ``z_tilde``  (B, T, D)
-    W_1, b_1, W_2, b_2      FFN projections (Eq. 4)                  ``w_1``...   (F, D), (D, F)
+    W_1, b_1, W_2, b_2      FFN projections (Eq. 4)                  ``w_1``...   (I, D), (D, I)
 
-Conventions (departures from the printed math are flagged ``Deviation:`` in each docstring):
+Conventions (departures from the printed math are flagged ``Deviation (ID):`` in each docstring, the
+ID an entry of docs/interpretation/encoder.md):
 
 * Weights are stored as in PyTorch/HF checkpoints, ``(out_features, in_features)``, so
   ``Z W`` of the paper is ``z @ w.T`` here.
@@ -35,7 +38,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 from torch import Tensor
 
 
@@ -48,9 +51,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     Returns:
         ``(..., out)``.
     """
-    # F.linear computes exactly x @ weight.T + bias (one fused addmm); written out it would be
-    # ``x @ weight.T + bias``, which tests/test_eq01_04_encoder.py checks it against.
-    return F.linear(x, weight, bias)
+    # nnf.linear computes exactly x @ weight.T + bias (one fused addmm); tests/test_eq04_ffn.py checks
+    # it against the written-out ``x @ weight.T + bias``.
+    return nnf.linear(x, weight, bias)
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
@@ -65,7 +68,7 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """
     # Same arithmetic as the explicit formula above (checked in the tests); the fused kernel
     # keeps the reference path as fast as HF's.
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    return nnf.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
@@ -73,7 +76,7 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
 
     ``approximate="tanh"`` gives the tanh form (HF's ``gelu_new``); BERT checkpoints use the erf form.
     """
-    return F.gelu(x, approximate=approximate)
+    return nnf.gelu(x, approximate=approximate)
 
 
 def attention_mask_bias(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -112,9 +115,9 @@ def embeddings(input_ids: Tensor, token_type_ids: Tensor, position_ids: Tensor,
     Returns:
         h^0: ``(B, T, D)``.
     """
-    # F.embedding(ids, table) is the row lookup table[ids] (index_select, cheaper than advanced indexing)
-    x = (F.embedding(input_ids, word) + F.embedding(position_ids, position)
-         + F.embedding(token_type_ids, token_type))                                # (B, T, D)
+    # nnf.embedding(ids, table) is the row lookup table[ids] (index_select, cheaper than advanced indexing)
+    x = (nnf.embedding(input_ids, word) + nnf.embedding(position_ids, position)
+         + nnf.embedding(token_type_ids, token_type))                                # (B, T, D)
     return layer_norm(x, ln_weight, ln_bias, eps)                               # (B, T, D)
 
 
@@ -133,7 +136,7 @@ def eq03_attention(q: Tensor, k: Tensor, v: Tensor, mask_bias: Tensor | None,
         context ``(B, H, T, dh)``: :math:`\mathrm{HA}_h` for every head;
         probs ``(B, H, T, T)``: the softmax, *before* dropout (Eq. 5 reads its [CLS] row).
 
-    Deviation: the padding mask is not in the printed equation; without it padded keys would
+    Deviation (E3-1): the padding mask is not in the printed equation; without it padded keys would
     receive attention. Dropout on the probabilities is BERT's, not the paper's.
     """
     dh = q.shape[-1]
@@ -141,7 +144,7 @@ def eq03_attention(q: Tensor, k: Tensor, v: Tensor, mask_bias: Tensor | None,
     if mask_bias is not None:
         scores = scores + mask_bias                                        # (B, H, T, T)
     probs = torch.softmax(scores, dim=-1)                                  # (B, H, T, T)
-    dropped = F.dropout(probs, p=dropout_p, training=training) if training and dropout_p > 0 else probs
+    dropped = nnf.dropout(probs, p=dropout_p, training=training) if training and dropout_p > 0 else probs
     context = dropped @ v                                                  # (B, H, T, dh)
     return context, probs
 
@@ -165,7 +168,7 @@ def eq02_mhsa(z: Tensor, w_q: Tensor, b_q: Tensor, w_k: Tensor, b_k: Tensor,
     Returns:
         out ``(B, T, D)`` (before the residual), probs ``(B, H, T, T)``.
 
-    Deviation: the projections carry biases (b^Q, b^K, b^V, b^o), as BERT has; the paper omits them.
+    Deviation (E2-1): the projections carry biases (b^Q, b^K, b^V, b^o), as BERT has; the paper omits them.
     """
     B, T, D = z.shape
     H = num_heads
@@ -191,12 +194,12 @@ def eq04_ffn(z_tilde: Tensor, w_1: Tensor, b_1: Tensor, w_2: Tensor, b_2: Tensor
 
     Args:
         z_tilde: ``(B, T, D)`` MHSA sub-layer output (possibly after token pruning, Eq. 8).
-        w_1 ``(F, D)``, b_1 ``(F,)``, w_2 ``(D, F)``, b_2 ``(D,)``.
+        w_1 ``(I, D)``, b_1 ``(I,)``, w_2 ``(D, I)``, b_2 ``(D,)``.
         approximate: ``"none"`` (erf GELU, BERT) or ``"tanh"``.
     Returns:
         ``(B, T, D)`` (before the residual).
     """
-    inner = gelu(linear(z_tilde, w_1, b_1), approximate)                   # (B, T, F)
+    inner = gelu(linear(z_tilde, w_1, b_1), approximate)                   # (B, T, I)
     return linear(inner, w_2, b_2)                                         # (B, T, D)
 
 
@@ -210,14 +213,14 @@ def eq01_attention_sublayer(h: Tensor, p: dict[str, Tensor], num_heads: int, eps
     Token pruning (Eqs. 5-8) acts on this output, between the two halves of the layer.
 
     Args:
-        h: ``(B, T, D)``.  p: the layer's tensors under the short names of
-        :func:`layer_param_names` (``w_q``, ``b_q``, ..., ``ln1_w``, ``ln1_b``).
+        h: ``(B, T, D)``.  p: the layer's tensors under short names (``w_q``, ``b_q``, ..., ``ln1_w``,
+            ``ln1_b``), as :meth:`mpee_ref.encoder.model.BertLayer.params` returns them.
     Returns:
         z_tilde ``(B, T, D)``, probs ``(B, H, T, T)``.
     """
     attn, probs = eq02_mhsa(h, p["w_q"], p["b_q"], p["w_k"], p["b_k"], p["w_v"], p["b_v"],
                             p["w_o"], p["b_o"], num_heads, mask_bias, attn_dropout_p, training)
-    attn = F.dropout(attn, p=hidden_dropout_p, training=training)          # (B, T, D)
+    attn = nnf.dropout(attn, p=hidden_dropout_p, training=training)          # (B, T, D)
     return layer_norm(h + attn, p["ln1_w"], p["ln1_b"], eps), probs        # (B, T, D), (B, H, T, T)
 
 
@@ -232,7 +235,7 @@ def eq01_ffn_sublayer(z_tilde: Tensor, p: dict[str, Tensor], eps: float,
         ``(B, T', D)``: :math:`h^l`, the layer output.
     """
     ffn = eq04_ffn(z_tilde, p["w_1"], p["b_1"], p["w_2"], p["b_2"], approximate)   # (B, T', D)
-    ffn = F.dropout(ffn, p=hidden_dropout_p, training=training)                    # (B, T', D)
+    ffn = nnf.dropout(ffn, p=hidden_dropout_p, training=training)                    # (B, T', D)
     return layer_norm(z_tilde + ffn, p["ln2_w"], p["ln2_b"], eps)                  # (B, T', D)
 
 
@@ -251,7 +254,7 @@ def eq01_transformer_layer(h: Tensor, p: dict[str, Tensor], num_heads: int, eps:
     Returns:
         h^l ``(B, T, D)``, probs ``(B, H, T, T)``.
 
-    Deviation: the paper's ``Transformer^l`` does not show BERT's residual connections and
+    Deviation (E1-1): the paper's ``Transformer^l`` does not show BERT's residual connections and
     post-LayerNorms (the original BERT/Transformer layer); we write them out.
     """
     z_tilde, probs = eq01_attention_sublayer(h, p, num_heads, eps, mask_bias)     # (B, T, D), (B, H, T, T)

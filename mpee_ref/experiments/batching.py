@@ -42,11 +42,6 @@ class EncodedDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, indices: Sequence[int]) -> "EncodedDataset":
-        return EncodedDataset(tuple(self.input_ids[i] for i in indices),
-                              tuple(self.token_type_ids[i] for i in indices),
-                              tuple(self.labels[i] for i in indices))
-
 
 def encode_examples(tokenizer: Any, examples: Sequence[Any], max_seq_length: int,
                     chunk: int = 256) -> EncodedDataset:

@@ -118,8 +118,8 @@ def _authors_block(samples: Sequence[SampleResult], cfg: Any, L: int, D: int, F:
     block: dict[str, Any] = {"unit": "MACs", "max_len": max_len}
     if keep > 0.0:
         padded = [authors_sample_flops(s.exit_layer, prune, keep, L, D, max_len) for s in samples]
-        block["padded"] = {"rho": eq15_speedup([f for _, f in padded], [e for e, _ in padded]),
-                           "executed": sum(e for e, _ in padded), "full": sum(f for _, f in padded)}
+        block["padded"] = {"rho": eq15_speedup([p.full for p in padded], [p.executed for p in padded]),
+                           "executed": sum(p.executed for p in padded), "full": sum(p.full for p in padded)}
     else:
         block["padded"] = None                  # keeping 0 tokens has no padded-length analogue
     real = [sample_flops([t.n_att for t in s.layers], [t.n_ffn for t in s.layers], [0] * len(s.layers),

@@ -4,7 +4,8 @@ Everything here is exact integer arithmetic on token counts: no tensors, no modu
 numbers are what ``torch.utils.flop_counter.FlopCounterMode`` reports for the matrix products the
 reference model executes (tests/test_eq15_flops.py checks that on a tiny encoder).
 
-Shape letters follow ``mpee_ref/encoder/equations.py``: D hidden, F FFN size, L layers, C classes.
+Shape letters follow ``mpee_ref/encoder/equations.py``: D hidden, I FFN size (HF's intermediate_size), L
+layers, C classes (F is the entropy threshold only).
 
 Our convention (``convention="ours"``, the default):
 
@@ -26,7 +27,7 @@ baseline, so :math:`\rho < 1`. See docs/interpretation/flops.md.
 Two accountings of the authors' code (JunKong5/MPEE, ``run_Ada_glue.py``; docs/interpretation/flops.md):
 
 * ``"authors"`` (:func:`authors_layer_macs`, :func:`authors_sample_flops`, ``sample_flops(...,
-  convention="authors")``): their per-layer formula (MACs, F = 4D assumed, no fused token, no heads)
+  convention="authors")``): their per-layer formula (MACs, I = 4D assumed, no fused token, no heads)
   summed plainly over the layers a sample really runs, at real or padded lengths.
 * ``"authors_code"`` (:func:`authors_code_lengths`, :func:`authors_code_sample_macs`): what their
   evaluation loop actually adds up, step for step: one attention block too many for a sample that
@@ -76,31 +77,31 @@ def eq15_layer_flops(n_att: int, n_ffn: int, hidden: int, intermediate: int) -> 
     r"""FLOPs of one encoder layer (Eqs. 1-4), the per-layer term of :math:`FLOPs_{exec}` in Eq. (15), §4.2.
 
     .. math:: \underbrace{4 \cdot 2 n_{att} D^2}_{Q,K,V,W^o} + \underbrace{2 n_{att}^2 D}_{QK^T}
-              + \underbrace{2 n_{att}^2 D}_{\mathrm{softmax}(\cdot)V} + \underbrace{2 \cdot 2 n_{ffn} D F}_{W_1, W_2}
+              + \underbrace{2 n_{att}^2 D}_{\mathrm{softmax}(\cdot)V} + \underbrace{2 \cdot 2 n_{ffn} D I}_{W_1, W_2}
 
     The paper's §2 complexity :math:`O(4ND^2 + 2N^2D)` (MHSA) and :math:`O(8ND^2)` (FFN) counts
-    MACs with F = 4D; this is twice that, for any F, with the FFN at the post-pruning length.
+    MACs with I = 4D; this is twice that, for any I, with the FFN at the post-pruning length.
 
     Args:
         n_att: tokens entering MHSA (incl. [CLS] and any fused token), >= 1.
         n_ffn: tokens entering the FFN after Eq. (8), 1 <= n_ffn <= n_att.
-        hidden: D.  intermediate: F.
+        hidden: D.  intermediate: I.
     Returns:
         FLOPs (int).
 
-    Deviation: biases, softmax, LayerNorm, GELU and residual adds are not counted (O(nD) or
+    Deviation (F3): biases, softmax, LayerNorm, GELU and residual adds are not counted (O(nD) or
     O(n^2 H) element-wise work, which FlopCounterMode also leaves out).
     """
     n_att = _int("n_att", n_att)
     n_ffn = _int("n_ffn", n_ffn)
     D = _int("hidden", hidden)
-    F = _int("intermediate", intermediate)
+    I = _int("intermediate", intermediate)
     if n_ffn > n_att:
         raise ValueError(f"n_ffn ({n_ffn}) must be <= n_att ({n_att}): pruning (Eq. 8) never adds tokens")
     projections = 4 * (2 * n_att * D * D)      # Q, K, V and W^o: (n_att, D) @ (D, D) each
     scores = 2 * n_att * n_att * D             # Q_h K_h^T for all H heads: H * n_att^2 * d_h MACs
     context = 2 * n_att * n_att * D            # softmax(.) V_h for all heads
-    ffn = 2 * (2 * n_ffn * D * F)              # (n_ffn, D) @ (D, F) and (n_ffn, F) @ (F, D)
+    ffn = 2 * (2 * n_ffn * D * I)              # (n_ffn, D) @ (D, I) and (n_ffn, I) @ (I, D)
     return projections + scores + context + ffn
 
 
@@ -131,7 +132,7 @@ def fusion_flops(num_fused: int, hidden: int) -> int:
     Returns:
         FLOPs (int).
 
-    Deviation: the printed Eq. (8) omits the sum; the text ("fused into an EE fusion token
+    Deviation (E8-1, F6): the printed Eq. (8) omits the sum; the text ("fused into an EE fusion token
     according to the corresponding class attention weights") and the authors' code sum.
     """
     return 2 * _int("num_fused", num_fused, minimum=0) * _int("hidden", hidden)
@@ -145,7 +146,7 @@ def full_model_flops(n_tokens: int, num_layers: int, hidden: int, intermediate: 
 
     Args:
         n_tokens: the sample's real length n (incl. [CLS] and [SEP]).  num_layers: L.
-        hidden: D.  intermediate: F.  num_labels: C.  head: "pooler" or "tanh".
+        hidden: D.  intermediate: I.  num_labels: C.  head: "pooler" or "tanh".
         count_heads: if False the final classifier is left out (see :func:`sample_flops`).
     Returns:
         FLOPs (int).
@@ -212,11 +213,11 @@ def sample_flops(n_att: Sequence[int], n_ffn: Sequence[int], num_fused: Sequence
 
     Args:
         n_att, n_ffn, num_fused: per executed layer, tokens at MHSA, tokens at the FFN, tokens fused (p).
-        n_tokens: the sample's real length n.  num_layers: L.  hidden: D.  intermediate: F.
+        n_tokens: the sample's real length n.  num_layers: L.  hidden: D.  intermediate: I.
         num_labels: C.  head: "pooler" or "tanh".
         count_heads: False leaves all exit heads and the baseline's classifier out; then a run with
             no pruning and no exit (e = L) has executed == full, i.e. rho = 1.
-        convention: "ours" (default) or "authors": :func:`authors_layer_macs` per layer (MACs, F = 4D
+        convention: "ours" (default) or "authors": :func:`authors_layer_macs` per layer (MACs, I = 4D
             assumed so ``intermediate`` is ignored), no fusion, no heads, baseline L layers at n_tokens.
         final_head: the sample ran layer L and was then predicted by a separate final classifier
             (``MPEEConfig.final_classifier``, the authors' path): one more head on the executed side
@@ -224,7 +225,7 @@ def sample_flops(n_att: Sequence[int], n_ffn: Sequence[int], num_fused: Sequence
     Returns:
         :class:`SampleFlops`.
 
-    Bound (F >= 2, default convention): ``executed <= full + (e-1) head + 2D k1``, k1 = number of layers
+    Bound (I >= 2, default convention): ``executed <= full + (e-1) head + 2D k1``, k1 = number of layers
     fusing a single token (p = 1), with equality iff e = L and no token ever leaves (n_att = n_ffn = n).
     """
     if convention not in CONVENTIONS:
@@ -235,7 +236,7 @@ def sample_flops(n_att: Sequence[int], n_ffn: Sequence[int], num_fused: Sequence
     n = _int("n_tokens", n_tokens)
     L = _int("num_layers", num_layers)
     D = _int("hidden", hidden)
-    Fi = _int("intermediate", intermediate)
+    I = _int("intermediate", intermediate)
     C = _int("num_labels", num_labels)
     _head(head)
     _check_run(a, f, p, n, L)
@@ -245,11 +246,11 @@ def sample_flops(n_att: Sequence[int], n_ffn: Sequence[int], num_fused: Sequence
     if final_head and len(a) != L:
         raise ValueError(f"final_head=True needs a run through all {L} layers, got {len(a)} executed layers")
     h = head_flops(D, C, head) if count_heads else 0
-    per_layer = tuple(eq15_layer_flops(a_l, f_l, D, Fi) + fusion_flops(p_l, D) + h
+    per_layer = tuple(eq15_layer_flops(a_l, f_l, D, I) + fusion_flops(p_l, D) + h
                       for a_l, f_l, p_l in zip(a, f, p))
     if final_head:                                   # the final classifier after layer L
         per_layer = per_layer[:-1] + (per_layer[-1] + h,)
-    full = full_model_flops(n, L, D, Fi, C, head, count_heads=count_heads)
+    full = full_model_flops(n, L, D, I, C, head, count_heads=count_heads)
     return SampleFlops(executed=sum(per_layer), full=full, per_layer=per_layer)
 
 
@@ -263,7 +264,7 @@ def eq15_speedup(full: Sequence[int], executed: Sequence[int]) -> float:
     Returns:
         rho (float; > 1 means faster than the original model).
 
-    Deviation: the paper prints :math:`\rho = FLOPs_{exec} / FLOPs_{total}` but defines rho in words as
+    Deviation (F1, F2): the paper prints :math:`\rho = FLOPs_{exec} / FLOPs_{total}` but defines rho in words as
     "the rate of the total FLOPs by the original model to the FLOPs actually executed" and reports
     rho > 1; we follow the words and the results (as does the authors' code). A ratio of sums, not a
     mean of per-sample ratios.
@@ -282,7 +283,7 @@ def eq15_speedup(full: Sequence[int], executed: Sequence[int]) -> float:
 
 # ----------------------------------------------------------------------------- authors' convention
 def authors_layer_macs(n_att: int, n_ffn: int, hidden: int) -> int:
-    r"""One layer as the authors' code counts it (MACs, F = 4D), cf. §2 "Computational Complexity".
+    r"""One layer as the authors' code counts it (MACs, I = 4D), cf. §2 "Computational Complexity".
 
     .. math:: \underbrace{2 D n_{att}^2 + 4 D^2 n_{att}}_{\mathrm{MHSA}} + \underbrace{8 D^2 n_{ffn}}_{\mathrm{FFN}}
 
@@ -329,7 +330,7 @@ def authors_padded_lengths(exit_layer: int, prune_layers: Sequence[int], keep_ra
     Returns:
         (n_att, n_ffn), each a tuple of length e.
 
-    Deviation: when nothing would be pruned (:math:`\lceil r(N-1) \rceil = N - 1`, only for tiny N or
+    Deviation (F4): when nothing would be pruned (:math:`\lceil r(N-1) \rceil = N - 1`, only for tiny N or
     r = 1) we add no fused token, so N never grows; at max_len = 128 and r = 0.7 this never happens.
     The ceiling is taken of the float product, as the authors' Python does.
     """
@@ -346,8 +347,8 @@ def authors_padded_lengths(exit_layer: int, prune_layers: Sequence[int], keep_ra
 
 
 def authors_sample_flops(exit_layer: int, prune_layers: Sequence[int], keep_ratio: float,
-                         num_layers: int, hidden: int, max_len: int = 128) -> tuple[int, int]:
-    r"""One sample's (executed, full) in the authors' accounting, the summands of their Eq. (15) ratio.
+                         num_layers: int, hidden: int, max_len: int = 128) -> SampleFlops:
+    r"""One sample's executed and full MACs in the authors' accounting, the summands of their Eq. (15) ratio.
 
     executed = :math:`\sum_{l=1}^{e}` :func:`authors_layer_macs` at the padded lengths of
     :func:`authors_padded_lengths`; full = :math:`L \cdot` ``authors_layer_macs(max_len, max_len, D)``
@@ -357,12 +358,13 @@ def authors_sample_flops(exit_layer: int, prune_layers: Sequence[int], keep_rati
         exit_layer: e.  prune_layers: 1-based pruning layers.  keep_ratio: fraction kept (0.7).
         num_layers: L.  hidden: D.  max_len: padded length (128).
     Returns:
-        (executed, full) in MACs.
+        :class:`SampleFlops` in MACs: ``executed``, ``full`` and the ``per_layer`` summands of executed.
     """
     att, ffn = authors_padded_lengths(exit_layer, prune_layers, keep_ratio, num_layers, max_len)
     D = _int("hidden", hidden)
-    executed = sum(authors_layer_macs(a, f, D) for a, f in zip(att, ffn))
-    return executed, operator.index(num_layers) * authors_layer_macs(max_len, max_len, D)
+    per_layer = tuple(authors_layer_macs(a, f, D) for a, f in zip(att, ffn))
+    return SampleFlops(executed=sum(per_layer), per_layer=per_layer,
+                       full=operator.index(num_layers) * authors_layer_macs(max_len, max_len, D))
 
 
 # ----------------------------------------------------------------------------- the authors' loop, as it runs
@@ -381,7 +383,7 @@ def authors_code_lengths(exit_layer: int, prune_layers: Sequence[int], keep_rati
     Returns:
         e recorded lengths; at 128, layers 4/7/10, r = 0.7: 128 ×3, 90, 91 ×2, 64, 65 ×2, 46, 47 ×2.
 
-    Deviation: the ceiling of the float product, as the authors' Python; when nothing would be pruned
+    Deviation (F8): the ceiling of the float product, as the authors' Python; when nothing would be pruned
     (k = W - 1) their layer returns early and records W, as here.
     """
     e, W, layers, r = _authors_args(exit_layer, prune_layers, keep_ratio, num_layers, max_len)
@@ -418,7 +420,7 @@ def authors_code_sample_macs(exit_layer: int, prune_layers: Sequence[int], keep_
     Returns:
         (executed, full) in MACs.
 
-    Deviation: the authors hard-code the last layer as index 11 (12 layers); here it is L.
+    Deviation (F8): the authors hard-code the last layer as index 11 (12 layers); here it is L.
     """
     rec = authors_code_lengths(exit_layer, prune_layers, keep_ratio, num_layers, max_len, fused)
     D, L, n0 = _int("hidden", hidden), _int("num_layers", num_layers), _int("max_len", max_len)

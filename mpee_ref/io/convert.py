@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..config import BertConfig
+from ..config import BertConfig, read_json_object
 
 FORMAT = "mpee_ref"
 FORMAT_VERSION = "1"
@@ -118,14 +118,9 @@ def _listing(items: list[str]) -> str:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; invalid JSON or another JSON value is one ``ValueError`` naming the file."""
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return d
+    """A JSON object from ``path``; invalid JSON or another JSON value is one ``ValueError`` naming the file
+    (:func:`mpee_ref.config.read_json_object`, which the configs use too)."""
+    return read_json_object(path, "file")
 
 
 def sha256_file(path: Path) -> str:

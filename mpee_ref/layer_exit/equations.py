@@ -20,28 +20,15 @@ Paper notation <-> code:
     F                    entropy threshold                            ``threshold``
 
 Weights use the PyTorch layout ``(out_features, in_features)``: ``W h`` of the paper is ``h @ w.T``.
+The functions trust their inputs: ``MPEEConfig`` checks λ and F, :class:`~mpee_ref.layer_exit.heads.ExitHead`
+the shape of h_CLS.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 from torch import Tensor
-
-
-def _check_2d(name: str, x: Tensor, what: str) -> None:
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be {what}, got shape {tuple(x.shape)}")
-
-
-def _check_linear(prefix: str, weight: Tensor, bias: Tensor, in_features: int) -> None:
-    if weight.dim() != 2 or weight.shape[1] != in_features:
-        raise ValueError(f"{prefix} weight must be (out, {in_features}), got shape {tuple(weight.shape)}")
-    if bias.shape != (weight.shape[0],):
-        raise ValueError(f"{prefix} bias must be ({weight.shape[0]},) to match its weight "
-                         f"{tuple(weight.shape)}, got shape {tuple(bias.shape)}")
 
 
 # ----------------------------------------------------------------------------- Eq. (9)
@@ -57,14 +44,12 @@ def eq09_exit_logits(h_cls: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     Returns:
         ``(B, C)`` logits, each in ``[-1, 1]``.
 
-    Deviation: none, but this reading bounds the logits to ``[-1, 1]``, so softmax can never be
+    Deviation (L1): none, but this reading bounds the logits to ``[-1, 1]``, so softmax can never be
     confident (for C = 2, max probability e/(e + e^{-1}) ~ 0.881, entropy >= 0.36 nats) and low
     thresholds F never fire. It is the ``head="tanh"`` switch; the default is
     :func:`eq09_pooled_exit_logits` (see docs/interpretation/layer_exit_and_losses.md).
     """
-    _check_2d("h_cls", h_cls, "(B, D)")
-    _check_linear("eq09_exit_logits", weight, bias, h_cls.shape[1])
-    return torch.tanh(F.linear(h_cls, weight, bias))                       # (B, C)
+    return torch.tanh(nnf.linear(h_cls, weight, bias))                       # (B, C)
 
 
 def eq09_pooled_exit_logits(h_cls: Tensor, w_pool: Tensor, b_pool: Tensor, w_cls: Tensor, b_cls: Tensor,
@@ -83,21 +68,13 @@ def eq09_pooled_exit_logits(h_cls: Tensor, w_pool: Tensor, b_pool: Tensor, w_cls
     Returns:
         ``(B, C)`` unbounded logits.
 
-    Deviation: the paper's Eq. (9) has one affine map inside the tanh and nothing after it; we
+    Deviation (L1): the paper's Eq. (9) has one affine map inside the tanh and nothing after it; we
     add the classifier after the tanh (as the authors' code does) so that logits are unbounded.
     """
-    _check_2d("h_cls", h_cls, "(B, D)")
-    D = h_cls.shape[1]
-    _check_linear("pooler", w_pool, b_pool, D)
-    if w_pool.shape[0] != D:
-        raise ValueError(f"pooler weight must be ({D}, {D}), got shape {tuple(w_pool.shape)}")
-    _check_linear("classifier", w_cls, b_cls, D)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
-    pooled = torch.tanh(F.linear(h_cls, w_pool, b_pool))                  # (B, D): tanh(W_p h + b_p)
+    pooled = torch.tanh(nnf.linear(h_cls, w_pool, b_pool))                  # (B, D): tanh(W_p h + b_p)
     if training and dropout_p > 0:
-        pooled = F.dropout(pooled, p=dropout_p, training=True)             # (B, D)
-    return F.linear(pooled, w_cls, b_cls)                                  # (B, C)
+        pooled = nnf.dropout(pooled, p=dropout_p, training=True)             # (B, D)
+    return nnf.linear(pooled, w_cls, b_cls)                                  # (B, C)
 
 
 # ----------------------------------------------------------------------------- Eq. (9) input, recipe switch
@@ -160,18 +137,11 @@ def eq10_classifier_memory(prev: Tensor | None, logits: Tensor, lam: float) -> T
     Returns:
         ``(B, C)`` :math:`C_{zm}^l`.
 
-    Deviation: the paper does not say how :math:`C_{zm}^1` starts; we (and the authors) use
+    Deviation (L3): the paper does not say how :math:`C_{zm}^1` starts; we (and the authors) use
     :math:`C_{zm}^1 = C_z^1`, which equals a zero :math:`C_{zm}^0` only when :math:`\lambda = 1`.
     """
-    _check_2d("logits", logits, "(B, C)")
-    lam = float(lam)
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam (lambda of Eq. 10) must be in [0, 1], got {lam!r}")
     if prev is None:
         return logits                                                      # (B, C): C_zm^1 = C_z^1
-    if prev.shape != logits.shape:
-        raise ValueError(f"prev must have the shape of logits {tuple(logits.shape)}, "
-                         f"got {tuple(prev.shape)}")
     return (1.0 - lam) * prev + lam * logits                               # (B, C)
 
 
@@ -183,7 +153,6 @@ def eq10_probabilities(memory: Tensor) -> Tensor:
     Returns:
         ``(B, C)`` probabilities, rows summing to 1.
     """
-    _check_2d("memory", memory, "(B, C)")
     return torch.softmax(memory, dim=-1)                                   # (B, C)
 
 
@@ -202,7 +171,6 @@ def exit_entropy(memory: Tensor) -> Tensor:
     Returns:
         ``(B,)`` entropies in ``[0, ln C]``; not normalised by ``ln C`` (as the authors).
     """
-    _check_2d("memory", memory, "(B, C)")
     log_p = torch.log_softmax(memory, dim=-1)                              # (B, C)
     return -(log_p.exp() * log_p).sum(dim=-1)                              # (B,)
 
@@ -218,14 +186,9 @@ def should_exit(entropy: Tensor, threshold: float) -> Tensor:
     Returns:
         ``(B,)`` bool, one decision per sample.
 
-    Deviation: the paper prints "whether the entropy value ... is greater than the preset
+    Deviation (L4): the paper prints "whether the entropy value ... is greater than the preset
     threshold F"; a confident classifier has *low* entropy (§1: exit "when the confidence level is
     higher than the threshold"), and the authors exit when the entropy is below F. The test is
     strict. Exiting every remaining sample at the last layer is the model's job.
     """
-    if entropy.dim() != 1:
-        raise ValueError(f"entropy must be (B,), got shape {tuple(entropy.shape)}")
-    threshold = float(threshold)
-    if math.isnan(threshold):
-        raise ValueError("threshold F must be a number, got nan")
     return entropy < threshold                                             # (B,) bool

@@ -11,7 +11,7 @@ and ``classifier.{weight,bias}`` (C x D); ``ExitHead(head="tanh")`` holds ``dens
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from . import equations as eq
@@ -39,7 +39,7 @@ class HeadStandardiser(nn.Module):
 
     def forward(self, h_cls: Tensor) -> Tensor:
         if self.training and h_cls.shape[0] > 1:
-            return F.batch_norm(h_cls, self.running_mean, self.running_var, None, None, True,
+            return nnf.batch_norm(h_cls, self.running_mean, self.running_var, None, None, True,
                                 self.momentum, self.eps)                    # (B, D), updates the buffers
         return eq.standardise_cls(h_cls, self.running_mean, self.running_var, self.eps)  # (B, D)
 
@@ -127,7 +127,7 @@ class ExitHead(nn.Module):
                 h_cls, self.pooler.dense.weight, self.pooler.dense.bias,
                 self.classifier.weight, self.classifier.bias,
                 dropout_p=self.dropout_p, training=self.training)          # (B, C)
-        x = nn.functional.dropout(h_cls, self.dropout_p, self.training)    # (B, D)
+        x = nnf.dropout(h_cls, self.dropout_p, self.training)    # (B, D)
         return eq.eq09_exit_logits(x, self.dense.weight, self.dense.bias)  # (B, C)
 
     def extra_repr(self) -> str:

@@ -16,39 +16,27 @@ Paper notation <-> code:
     eta^l                  attention weight of exit l             ``eta[:, l-1]``     (B, L)
     t                      teacher logits                         ``teacher``         (B, C)
     tau                    distillation temperature (3)           ``tau``
+
+The ``eqNN_`` functions trust their inputs: :func:`mpee_loss` checks the memories and labels
+(``checks.py``), ``MPEEConfig`` τ, γ and the KD switches.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 from torch import Tensor
+
+from .checks import check_labels, check_memories
 
 if TYPE_CHECKING:  # pragma: no cover
     from .teacher import WeightedTeacher
 
 KD_DIRECTIONS = ("student_teacher", "teacher_student")
 KD_REDUCTIONS = ("batchmean", "mean")
-
-
-def _check_memories(memories: Tensor) -> None:
-    if memories.dim() != 3 or min(memories.shape) == 0:
-        raise ValueError(f"memories must be a non-empty (L, B, C) stack of exit memories, "
-                         f"got shape {tuple(memories.shape)}")
-
-
-def _check_labels(labels: Tensor, B: int, C: int) -> None:
-    if labels.shape != (B,):
-        raise ValueError(f"labels must be ({B},) to match memories, got shape {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
-        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
-    if B and (int(labels.min()) < 0 or int(labels.max()) >= C):
-        raise ValueError(f"labels must be in [0, {C}), got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
 
 
 # ----------------------------------------------------------------------------- Eq. (11)
@@ -65,11 +53,9 @@ def eq11_cross_entropy(memories: Tensor, labels: Tensor) -> Tensor:
         ``(L,)``: the per-exit cross-entropy, averaged over the batch; :math:`\mathcal{L}_{CE}` is
         its sum (taken in :func:`eq14_total_loss`).
 
-    Deviation: the paper writes one sample; we average over the batch (and sum over exits).
+    Deviation (L5): the paper writes one sample; we average over the batch (and sum over exits).
     """
-    _check_memories(memories)
     L, B, C = memories.shape
-    _check_labels(labels, B, C)
     log_p = torch.log_softmax(memories, dim=-1)                            # (L, B, C): log y_hat
     index = labels.long().view(1, B, 1).expand(L, B, 1)                    # (L, B, 1)
     nll = -log_p.gather(-1, index).squeeze(-1)                             # (L, B): -I(y) o log y_hat
@@ -92,20 +78,11 @@ def eq12_teacher(memories: Tensor, w_eta: Tensor, b_eta: Tensor, v: Tensor) -> t
     Returns:
         t ``(B, C)`` teacher logits; eta ``(B, L)`` weights, positive, summing to 1 over L.
 
-    Deviation: none in the math. The paper names the weight and bias :math:`W_\alpha, b_\alpha`
+    Deviation (L6): none in the math. The paper names the weight and bias :math:`W_\alpha, b_\alpha`
     in the text and :math:`W_\eta, b_\eta` in the equation; we use the latter. Whether the
     memories are detached first is :func:`mpee_loss`'s ``detach_teacher_inputs``.
     """
-    _check_memories(memories)
-    C = memories.shape[-1]
-    if w_eta.dim() != 2 or w_eta.shape[1] != C:
-        raise ValueError(f"w_eta must be (k, {C}), got shape {tuple(w_eta.shape)}")
-    k = w_eta.shape[0]
-    if b_eta.shape != (k,):
-        raise ValueError(f"b_eta must be ({k},), got shape {tuple(b_eta.shape)}")
-    if v.shape != (k,):
-        raise ValueError(f"v must be ({k},), got shape {tuple(v.shape)}")
-    hidden = torch.tanh(F.linear(memories, w_eta, b_eta))                 # (L, B, k): tanh(W_eta C_zm + b_eta)
+    hidden = torch.tanh(nnf.linear(memories, w_eta, b_eta))                 # (L, B, k): tanh(W_eta C_zm + b_eta)
     scores = hidden @ v                                                    # (L, B): V^T tanh(...)
     eta = torch.softmax(scores, dim=0).transpose(0, 1)                     # (B, L)
     t = torch.einsum("bl,lbc->bc", eta, memories)                          # (B, C): sum_l eta^l C_zm^l
@@ -133,19 +110,9 @@ def eq13_kd_loss(memories: Tensor, teacher: Tensor, tau: float, direction: str =
     Returns:
         ``(L,)``: :math:`\tau^2 \mathrm{KL}_l`; :math:`\mathcal{L}_{KD}` is its sum.
 
-    Deviation: the paper writes one sample; the batch reduction is ours (switchable).
+    Deviation (L7): the paper writes one sample; the batch reduction is ours (switchable).
     """
-    _check_memories(memories)
-    L, B, C = memories.shape
-    if teacher.shape != (B, C):
-        raise ValueError(f"teacher must be ({B}, {C}) to match memories, got shape {tuple(teacher.shape)}")
-    tau = float(tau)
-    if not (tau > 0 and math.isfinite(tau)):
-        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
-    if direction not in KD_DIRECTIONS:
-        raise ValueError(f"direction must be one of {KD_DIRECTIONS}, got {direction!r}")
-    if reduction not in KD_REDUCTIONS:
-        raise ValueError(f"reduction must be one of {KD_REDUCTIONS}, got {reduction!r}")
+    C = memories.shape[-1]
     log_s = torch.log_softmax(memories / tau, dim=-1)                      # (L, B, C): log softmax(C_zm/tau)
     log_t = torch.log_softmax(teacher / tau, dim=-1).unsqueeze(0)          # (1, B, C): log softmax(t/tau)
     if direction == "student_teacher":
@@ -177,25 +144,10 @@ def eq14_total_loss(l_ce: Tensor, l_kd: Tensor | None, *, gamma: float | None = 
     Returns:
         scalar loss.
 
-    Deviation: ``gamma`` is the authors' form, not the paper's; off by default.
+    Deviation (L8): ``gamma`` is the authors' form, not the paper's; off by default.
     """
-    if l_ce.dim() != 1 or l_ce.numel() == 0:
-        raise ValueError(f"l_ce must be (L,), got shape {tuple(l_ce.shape)}")
-    if l_kd is not None and l_kd.shape != l_ce.shape:
-        raise ValueError(f"l_kd must have the shape of l_ce {tuple(l_ce.shape)}, got {tuple(l_kd.shape)}")
     if gamma is None:
-        if teacher_ce is not None:
-            raise ValueError("teacher_ce is only used with gamma (the authors' form); got gamma=None")
         return l_ce.sum() if l_kd is None else l_ce.sum() + l_kd.sum()
-    gamma = float(gamma)
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
-    if l_kd is None or teacher_ce is None:
-        raise ValueError(f"gamma={gamma} (the authors' form) needs l_kd and teacher_ce, got "
-                         f"l_kd={'None' if l_kd is None else 'tensor'}, "
-                         f"teacher_ce={'None' if teacher_ce is None else 'tensor'}")
-    if teacher_ce.dim() != 0:
-        raise ValueError(f"teacher_ce must be a scalar, got shape {tuple(teacher_ce.shape)}")
     return ((1.0 - gamma) * l_ce + gamma * l_kd).sum() + gamma * teacher_ce
 
 
@@ -242,7 +194,8 @@ def mpee_loss(memories: Tensor, labels: Tensor, teacher: "WeightedTeacher | None
     Returns:
         :class:`LossTerms`.
     """
-    _check_memories(memories)
+    check_memories(memories)
+    check_labels(labels, memories.shape[1], memories.shape[2])
     ce = eq11_cross_entropy(memories, labels)                              # (L,)
     if not use_kd:
         if gamma is not None:

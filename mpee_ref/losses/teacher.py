@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .checks import check_memories
 from .equations import eq12_teacher
 
 
@@ -40,8 +41,7 @@ class WeightedTeacher(nn.Module):
         nn.init.normal_(self.context.weight, mean=0.0, std=0.02)
 
     def forward(self, memories: Tensor) -> tuple[Tensor, Tensor]:
-        if memories.dim() != 3 or memories.shape[-1] != self.num_labels:
-            raise ValueError(f"memories must be (L, B, {self.num_labels}), got shape {tuple(memories.shape)}")
+        check_memories(memories, self.num_labels)
         return eq12_teacher(memories, self.dense.weight, self.dense.bias,
                             self.context.weight.squeeze(0))                # (B, C), (B, L)
 

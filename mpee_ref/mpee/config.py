@@ -17,18 +17,29 @@ The paper's six ablations (Table 2) and Table 3's token score are switches: see 
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import check_field_types
+from ..config import check_field_types, read_json_object
+from ..layer_exit.heads import HEAD_KINDS
+from ..losses.equations import KD_DIRECTIONS, KD_REDUCTIONS
+from ..token_exit.equations import FUSED_MEMORIES, FUSIONS, MEMORY_ALIGNMENTS, R_EE_MEANINGS, TOKEN_SELECTS
 
 ABLATIONS = ("att-memory", "ee-fusion", "ee-memory", "wsd", "layer-ee", "token-ee")
 HEAD_INITS = ("pooler", "fresh")
+RATIO_BASES = ("current", "original")         # N of Eq. 7: the current tokens, or the original length
+TOKEN_SCORES = ("class", "all")               # Eq. 5's class attention, or Table 3's all-token attention
 #: Fields fixed by a trained model's parameters: they cannot change at inference (nor on load, except
 #: adding ``head_norm`` standardisers to a model trained without them).
 PARAMETER_FIELDS = ("num_labels", "head", "head_norm", "final_classifier")
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    """``('a', 'b', 'c')`` -> ``"'a', 'b' or 'c'"`` for error messages."""
+    quoted = [repr(v) for v in values]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 def scale_layers(layers_of_12: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
@@ -42,6 +53,14 @@ def scale_layers(layers_of_12: tuple[int, ...], num_layers: int) -> tuple[int, .
         if s not in out:
             out.append(s)
     return tuple(out)
+
+
+#: Every string field of :class:`MPEEConfig` and its allowed values, each list written once (by the
+#: module that implements the switch).
+_CHOICES = {"r_ee_means": R_EE_MEANINGS, "ratio_base": RATIO_BASES, "token_score": TOKEN_SCORES,
+            "fusion": FUSIONS, "fused_memory": FUSED_MEMORIES, "token_select": TOKEN_SELECTS,
+            "memory_alignment": MEMORY_ALIGNMENTS, "head": HEAD_KINDS, "head_init": HEAD_INITS,
+            "kd_direction": KD_DIRECTIONS, "kd_reduction": KD_REDUCTIONS}
 
 
 @dataclass(frozen=True)
@@ -96,41 +115,27 @@ class MPEEConfig:
                 raise ValueError(f"MPEEConfig: {msg}")
 
         check_field_types(self)          # JSON types, from the annotations (no string is coerced)
+        for name, values in _CHOICES.items():
+            value = getattr(self, name)
+            check(value in values, f"{name} must be {_one_of(values)}, got {value!r}")
         check(isinstance(self.num_labels, int) and self.num_labels >= 2,
               f"num_labels must be an int >= 2, got {self.num_labels!r}")
         check(0.0 <= self.r_ee <= 1.0, f"r_ee (R_ee, Eq. 7) must be in [0, 1], got {self.r_ee!r}")
-        check(self.r_ee_means in ("exit", "keep"), f"r_ee_means must be 'exit' or 'keep', got {self.r_ee_means!r}")
-        check(self.ratio_base in ("current", "original"),
-              f"ratio_base must be 'current' or 'original', got {self.ratio_base!r}")
         if self.prune_layers is not None:
             object.__setattr__(self, "prune_layers", tuple(int(l) for l in self.prune_layers))
             check(all(l >= 1 for l in self.prune_layers) and len(set(self.prune_layers)) == len(self.prune_layers),
                   f"prune_layers must be distinct 1-based layer numbers, got {self.prune_layers!r}")
         check(0.0 < self.beta <= 1.0, f"beta (β, Eq. 6) must be in (0, 1], got {self.beta!r}")
         check(self.beta_warmup_layers >= 0, f"beta_warmup_layers must be >= 0, got {self.beta_warmup_layers!r}")
-        check(self.token_score in ("class", "all"), f"token_score must be 'class' or 'all', got {self.token_score!r}")
-        check(self.fusion in ("memory", "normalised", "drop"),
-              f"fusion must be 'memory', 'normalised' or 'drop', got {self.fusion!r}")
-        check(self.token_select in ("top", "bottom"),
-              f"token_select must be 'top' or 'bottom', got {self.token_select!r}")
-        check(self.fused_memory in ("sum", "mean"), f"fused_memory must be 'sum' or 'mean', got {self.fused_memory!r}")
         check(self.pad_to is None or (isinstance(self.pad_to, int) and not isinstance(self.pad_to, bool)
                                       and self.pad_to >= 2), f"pad_to must be None or an int >= 2, got {self.pad_to!r}")
         check(self.pad_to is None or self.ratio_base == "current",
               f"pad_to counts N over the current padded slots; it cannot be combined with "
               f"ratio_base={self.ratio_base!r}")
-        check(self.memory_alignment in ("gather", "truncate"),
-              f"memory_alignment must be 'gather' or 'truncate', got {self.memory_alignment!r}")
         check(self.threshold >= 0.0, f"threshold (F) must be >= 0, got {self.threshold!r}")
         check(0.0 < self.lam <= 1.0, f"lam (λ, Eq. 10) must be in (0, 1], got {self.lam!r}")
-        check(self.head in ("pooler", "tanh"), f"head must be 'pooler' or 'tanh', got {self.head!r}")
-        check(self.head_init in HEAD_INITS, f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         check(0.0 <= self.classifier_dropout < 1.0, f"classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}")
-        check(self.tau > 0.0, f"tau (τ, Eq. 13) must be > 0, got {self.tau!r}")
-        check(self.kd_direction in ("student_teacher", "teacher_student"),
-              f"kd_direction must be 'student_teacher' or 'teacher_student', got {self.kd_direction!r}")
-        check(self.kd_reduction in ("batchmean", "mean"),
-              f"kd_reduction must be 'batchmean' or 'mean', got {self.kd_reduction!r}")
+        check(0.0 < self.tau < math.inf, f"tau (τ, Eq. 13) must be a finite number > 0, got {self.tau!r}")
         check(self.gamma is None or 0.0 <= self.gamma <= 1.0, f"gamma must be None or in [0, 1], got {self.gamma!r}")
 
     # ------------------------------------------------------------------ presets and ablations
@@ -221,11 +226,4 @@ class MPEEConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "MPEEConfig":
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such MPEE config file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_json_object(path, "MPEE config file"), source=str(path))

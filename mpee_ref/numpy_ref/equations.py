@@ -1,11 +1,12 @@
-r"""MPEE's Eqs. (1)-(14) in NumPy: a line-by-line port of the torch reference.
+r"""MPEE's Eqs. (1)-(14) in NumPy: an independent port of the torch reference, function for function.
 
 Each function mirrors the torch function of the same name (``mpee_ref/encoder/equations.py``,
 ``token_exit``, ``layer_exit``, ``losses``) minus dropout and autograd; it passes the same golden
 vectors (tests/vectors, see docs/PORTING.md). NumPy only: no torch import anywhere in this package.
 
 Shape legend (as in the torch code): B batch, T tokens incl. [CLS] (N = T - 1 non-CLS), D hidden,
-H heads, dh head size, F FFN size, L layers/exits, C classes, k teacher width.
+H heads, dh head size, I FFN size (HF's intermediate_size), L layers/exits, C classes, k teacher
+width. F is the entropy threshold of the exit test only.
 Weights use the PyTorch layout ``(out_features, in_features)``: the paper's ``Z W`` is ``z @ w.T``.
 Every function works in the dtype of its inputs (float64 or float32).
 """
@@ -101,7 +102,7 @@ def eq02_mhsa(z: np.ndarray, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o, num_heads: 
 
 def eq04_ffn(z_tilde: np.ndarray, w_1, b_1, w_2, b_2, approximate: str = "none") -> np.ndarray:
     r"""Eq. (4): :math:`\sigma(\tilde Z W_1 + b_1) W_2 + b_2`; ``(B, T, D)`` -> ``(B, T, D)``."""
-    return linear(gelu(linear(z_tilde, w_1, b_1), approximate), w_2, b_2)   # (B, T, F) -> (B, T, D)
+    return linear(gelu(linear(z_tilde, w_1, b_1), approximate), w_2, b_2)   # (B, T, I) -> (B, T, D)
 
 
 def eq01_attention_sublayer(h: np.ndarray, p: dict, num_heads: int, eps: float,
@@ -208,8 +209,7 @@ def prune_tokens(hidden: np.ndarray, attention_mask: np.ndarray, memory: np.ndar
     ``fused_mean_count`` ``(B,)``: with ``fused_memory="mean"``, divide the fused scores' sum by it instead of p
     (authors: every padded slot that exits, padding included).
     """
-    B, T, D = hidden.shape
-    N = T - 1
+    N = hidden.shape[1] - 1
     valid = attention_mask[:, 1:] != 0                                     # (B, N)
     n = valid.sum(axis=1)                                                  # (B,)
     m = eq07_num_kept(n if n_base is None else n_base, r_ee, r_ee_means)   # (B,)
@@ -223,22 +223,39 @@ def prune_tokens(hidden: np.ndarray, attention_mask: np.ndarray, memory: np.ndar
     if not truncate and not (p > 0).any():
         src = np.where(valid, np.arange(N)[None, :], -2)
         return PruneResult(hidden, attention_mask, memory, src, keep, exited, np.zeros_like(memory), m)
-
     score = np.where(exited, memory, 0.0).astype(memory.dtype)             # (B, N)
-    if fusion == "memory":
-        alpha = score
-    elif fusion == "normalised":
-        total = score.sum(axis=1, keepdims=True)
-        alpha = score / np.where(total > 0, total, 1.0)
-    else:  # "drop"
-        alpha = np.zeros_like(memory)
+    alpha = _fusion_weights(score, fusion)                                 # (B, N)
     has_fused = (p > 0) & (fusion != "drop")                               # (B,)
     h_eef = eq08_fuse(hidden[:, 1:], alpha, exited)                        # (B, D)
+    mem_eef = _fused_memory(score, p, fused_memory, fused_mean_count)      # (B,)
+    return _splice(hidden, attention_mask, memory, sel, keep, m, has_fused, h_eef, mem_eef, truncate,
+                   fused=exited, alpha=alpha)
+
+
+def _fusion_weights(score: np.ndarray, fusion: str) -> np.ndarray:
+    """Eq. (8)'s alpha from the exited tokens' scores ``(B, N)``: "memory", "normalised" or "drop"."""
+    if fusion == "memory":
+        return score
+    if fusion == "normalised":
+        total = score.sum(axis=1, keepdims=True)
+        return score / np.where(total > 0, total, 1.0)
+    return np.zeros_like(score)
+
+
+def _fused_memory(score: np.ndarray, p: np.ndarray, fused_memory: str, fused_mean_count) -> np.ndarray:
+    """The fused token's A_m entry ``(B,)``: sum of the exited scores, or their mean over p (or the given count)."""
     mem_eef = score.sum(axis=1)                                            # (B,)
     if fused_memory == "mean":
         count = p if fused_mean_count is None else np.asarray(fused_mean_count)
         mem_eef = mem_eef / np.maximum(count, 1).astype(mem_eef.dtype)
+    return mem_eef
 
+
+def _splice(hidden, attention_mask, memory, sel, keep, m, has_fused, h_eef, mem_eef, truncate: bool, *,
+            fused: np.ndarray, alpha: np.ndarray) -> PruneResult:
+    """Eq. (8), second line, row by row: ``[CLS, kept tokens, fused token?, zero padding]``
+    (``fused`` and ``alpha`` pass through to the result)."""
+    B, _, D = hidden.shape
     length = m + has_fused                                                 # (B,) non-CLS tokens left
     t_out = int(length.max())
     out_h = np.zeros((B, t_out + 1, D), hidden.dtype)
@@ -259,7 +276,7 @@ def prune_tokens(hidden: np.ndarray, attention_mask: np.ndarray, memory: np.ndar
             out_mem[b, k] = mem_eef[b]
             src[b, k] = -1
         out_mask[b, :1 + int(length[b])] = 1
-    return PruneResult(out_h, out_mask, out_mem, src, keep, exited, alpha, m)
+    return PruneResult(out_h, out_mask, out_mem, src, keep, fused, alpha, m)
 
 
 def padded_widths(pad_to: int, prune_layers: tuple[int, ...], num_layers: int, r_ee: float,

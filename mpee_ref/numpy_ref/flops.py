@@ -13,9 +13,9 @@ from typing import Sequence
 
 
 def eq15_layer_flops(n_att: int, n_ffn: int, hidden: int, intermediate: int) -> int:
-    r"""One layer: :math:`8 n_{att} D^2 + 4 n_{att}^2 D + 4 n_{ffn} D F` (Q, K, V, W^o; QK^T; PV; W_1, W_2)."""
-    D, F = hidden, intermediate
-    return 4 * (2 * n_att * D * D) + 2 * n_att * n_att * D + 2 * n_att * n_att * D + 2 * (2 * n_ffn * D * F)
+    r"""One layer: :math:`8 n_{att} D^2 + 4 n_{att}^2 D + 4 n_{ffn} D I` (Q, K, V, W^o; QK^T; PV; W_1, W_2)."""
+    D, I = hidden, intermediate
+    return 4 * (2 * n_att * D * D) + 2 * n_att * n_att * D + 2 * n_att * n_att * D + 2 * (2 * n_ffn * D * I)
 
 
 def head_flops(hidden: int, num_labels: int, head: str = "pooler") -> int:
@@ -49,7 +49,7 @@ def eq15_speedup(full: Sequence[int], executed: Sequence[int]) -> float:
 
 
 def authors_layer_macs(n_att: int, n_ffn: int, hidden: int) -> int:
-    """The authors' per-layer count, in MACs with F = 4D: ``2 D n_att^2 + 4 D^2 n_att + 8 D^2 n_ffn``."""
+    """The authors' per-layer count, in MACs with I = 4D: ``2 D n_att^2 + 4 D^2 n_att + 8 D^2 n_ffn``."""
     return 2 * hidden * n_att * n_att + 4 * hidden * hidden * n_att + 8 * hidden * hidden * n_ffn
 
 

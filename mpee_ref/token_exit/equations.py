@@ -24,6 +24,8 @@ Paper notation <-> code:
 
 Conventions: the batch is padded (attention_mask 0); token 0 is [CLS] and always real. Every
 interpretation of the printed text is listed in ``docs/interpretation/token_exit.md`` with its switch.
+The functions trust their inputs, as the encoder's do: ``MPEEConfig`` checks the hyper-parameters and
+switches, ``MPEEModel`` the input shapes and mask (tests/test_boundaries.py).
 """
 
 from __future__ import annotations
@@ -39,40 +41,14 @@ R_EE_MEANINGS = ("exit", "keep")
 FUSIONS = ("memory", "normalised", "drop")
 FUSED_MEMORIES = ("sum", "mean")
 MEMORY_ALIGNMENTS = ("gather", "truncate")
+TOKEN_SELECTS = ("top", "bottom")
 
 
-# ----------------------------------------------------------------------------- input checks
-def _shape(t: object) -> object:
-    return tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-
-
-def _check_probs(probs: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """Validate ``probs`` (B, H, T, T) and return the key mask ``(B, T)`` as bool."""
-    if not isinstance(probs, Tensor) or probs.dim() != 4 or probs.shape[-1] != probs.shape[-2] \
-            or probs.shape[-1] < 1:
-        raise ValueError(f"probs must be (B, H, T, T) attention probabilities, got shape {_shape(probs)}")
-    B, _, T, _ = probs.shape
+def _key_mask(probs: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """The key mask ``(B, T)`` bool of ``probs`` (B, H, T, T): all True when ``attention_mask`` is None."""
     if attention_mask is None:
-        return torch.ones(B, T, dtype=torch.bool, device=probs.device)          # (B, T)
-    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, T):
-        raise ValueError(f"attention_mask must have shape {(B, T)} to match probs {tuple(probs.shape)}, "
-                         f"got {_shape(attention_mask)}")
+        return torch.ones(probs.shape[0], probs.shape[-1], dtype=torch.bool, device=probs.device)   # (B, T)
     return attention_mask != 0                                                 # (B, T)
-
-
-def _check_ratio(r_ee: float, name: str = "r_ee") -> float:
-    if isinstance(r_ee, bool) or not isinstance(r_ee, (int, float)) or not 0.0 <= float(r_ee) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {r_ee!r}")
-    return float(r_ee)
-
-
-def _check_counts(n: Tensor, name: str) -> None:
-    if not isinstance(n, Tensor) or n.dim() != 1 or n.dtype.is_floating_point or n.dtype == torch.bool \
-            or n.is_complex():
-        raise ValueError(f"{name} must be a (B,) integer tensor, got shape {_shape(n)} "
-                         f"dtype {getattr(n, 'dtype', None)}")
-    if n.numel() and int(n.min()) < 0:
-        raise ValueError(f"{name} must be >= 0, got min {int(n.min())}")
 
 
 # ----------------------------------------------------------------------------- Eq. (5)
@@ -92,13 +68,13 @@ def eq05_class_attention(probs: Tensor, attention_mask: Tensor | None = None) ->
     Returns:
         ``(B, T-1)``: :math:`A_{class}^l` over the non-CLS keys 1..T-1; 0 at padded keys.
 
-    Deviation: the printed formula pools the head *outputs* :math:`\mathrm{HA}_h` (value-weighted);
+    Deviation (E5-1): the printed formula pools the head *outputs* :math:`\mathrm{HA}_h` (value-weighted);
     the text ("mean values of all attention heads corresponding to the [CLS] token", and
     :math:`h_{CLS} = V \cdot A_{class}`) and the authors' code use the probability row, as here.
     The [CLS] key itself is left out (it is never pruned). Padded keys are set to 0 explicitly so
     the result does not depend on what the caller's softmax put there.
     """
-    valid = _check_probs(probs, attention_mask)                                # (B, T)
+    valid = _key_mask(probs, attention_mask)                                   # (B, T)
     cls_row = probs[:, :, 0, 1:]                                               # (B, H, T-1)
     a_class = cls_row.mean(dim=1)                                              # (B, T-1)
     return a_class * valid[:, 1:].to(a_class.dtype)                            # (B, T-1)
@@ -117,11 +93,11 @@ def all_token_attention(probs: Tensor, attention_mask: Tensor | None = None) -> 
     Returns:
         ``(B, T-1)`` over the non-CLS keys; 0 at padded keys.
 
-    Deviation: the paper says "sum the attention weights of all tokens"; we average over the real
+    Deviation (E5-2): the paper says "sum the attention weights of all tokens"; we average over the real
     query rows (a per-sample constant 1/n, so the ranking is the same) so that the scale matches
     Eq. (5) (each row of a softmax sums to 1) when the two are mixed in the memory of Eq. (6).
     """
-    valid = _check_probs(probs, attention_mask)                                # (B, T)
+    valid = _key_mask(probs, attention_mask)                                   # (B, T)
     q_weight = valid.to(probs.dtype)                                           # (B, T)
     n_real = q_weight.sum(dim=1).clamp_min(1.0)                                # (B,)
     received = (probs * q_weight[:, None, :, None]).sum(dim=2)                 # (B, H, T): Σ_q real
@@ -147,17 +123,11 @@ def eq06_attention_memory(prev: Tensor | None, a_class: Tensor, beta: float) -> 
     Returns:
         ``(B, T-1)`` :math:`A_m^l`.
 
-    Deviation: the paper does not say what :math:`A_m^0` is; we start the memory at layer 1
+    Deviation (E6-1): the paper does not say what :math:`A_m^0` is; we start the memory at layer 1
     with :math:`A_{class}^1` (the authors' code does the same).
     """
-    beta = _check_ratio(beta, "beta")
-    if not isinstance(a_class, Tensor) or a_class.dim() != 2:
-        raise ValueError(f"a_class must be (B, T-1), got shape {_shape(a_class)}")
     if prev is None:
         return a_class                                                         # (B, T-1): A_m^1
-    if not isinstance(prev, Tensor) or prev.shape != a_class.shape:
-        raise ValueError(f"prev must have the shape of a_class {tuple(a_class.shape)}, got {_shape(prev)}"
-                         " (after pruning, pass PruneResult.memory)")
     return (1.0 - beta) * prev + beta * a_class                                # (B, T-1)
 
 
@@ -175,16 +145,13 @@ def eq07_num_kept(n: Tensor, r_ee: float, r_ee_means: str = "exit") -> Tensor:
         ``(B,)`` long m, in [1, N] when :math:`R_{ee} < 1` and N ≥ 1 ("exit"); m = N at
         :math:`R_{ee} = 0`, m = 0 at :math:`R_{ee} = 1`.
 
-    Deviation: N(1 − R) is rarely an integer; we take the ceiling (the authors' code does too),
+    Deviation (E7-1): N(1 − R) is rarely an integer; we take the ceiling (the authors' code does too),
     computed exactly on the decimal the float stands for (``Fraction(repr(r_ee))``: 0.7 is read as
     7/10), in integers: so N = 10, R = 0.7 gives m = 3 although 10 * (1 - 0.7) =
     3.0000000000000004 in floats. (A non-terminating R such as 1/3 is read as its repr
     0.3333333333333333, so N = 3 gives m = 3.) ``mpee_ref/numpy_ref`` uses the same rule.
     """
-    _check_counts(n, "n")
-    r = Fraction(repr(_check_ratio(r_ee)))                                     # exact decimal, e.g. 7/10
-    if r_ee_means not in R_EE_MEANINGS:
-        raise ValueError(f"r_ee_means must be one of {R_EE_MEANINGS}, got {r_ee_means!r}")
+    r = Fraction(repr(float(r_ee)))                                            # exact decimal, e.g. 7/10
     kept_fraction = 1 - r if r_ee_means == "exit" else r                      # 1 - R_ee (paper)
     p, q = kept_fraction.numerator, kept_fraction.denominator
     # m = ceil(N p / q) in Python integers: no float rounding, no int64 overflow
@@ -207,22 +174,8 @@ def eq07_top_m(scores: Tensor, valid: Tensor, m: Tensor) -> Tensor:
     Returns:
         ``(B, N)`` bool: the kept positions.
     """
-    if not isinstance(scores, Tensor) or scores.dim() != 2 or not scores.dtype.is_floating_point:
-        raise ValueError(f"scores must be a (B, N) float tensor, got shape {_shape(scores)}")
-    if not isinstance(valid, Tensor) or valid.shape != scores.shape or valid.dtype != torch.bool:
-        raise ValueError(f"valid must be a bool tensor of shape {tuple(scores.shape)}, got {_shape(valid)} "
-                         f"dtype {getattr(valid, 'dtype', None)}")
-    _check_counts(m, "m")
-    B, N = scores.shape
-    if m.shape[0] != B:
-        raise ValueError(f"m must have shape ({B},), got {tuple(m.shape)}")
-    n_valid = valid.sum(dim=1)                                                 # (B,)
-    if bool((m.to(n_valid.device) > n_valid).any()):
-        raise ValueError(f"m must be <= the number of valid positions per row; got m={m.tolist()}, "
-                         f"valid counts={n_valid.tolist()}")
+    N = scores.shape[1]
     s = scores.detach()                                                        # (B, N)
-    if bool(torch.isnan(s[valid]).any()):
-        raise ValueError("scores contain NaN at valid positions")
     # 1) stable sort by score, highest first (ties: lower position first);
     by_score = torch.sort(s, dim=1, descending=True, stable=True).indices      # (B, N)
     # 2) stable sort of that order by validity, valid first: the score order survives within.
@@ -248,19 +201,10 @@ def eq08_fuse(tokens: Tensor, alpha: Tensor, fuse: Tensor) -> Tensor:
     Returns:
         ``(B, D)``: :math:`h_{eef}^l` (zeros for a sample with nothing to fuse).
 
-    Deviation: the printed line has no sum over i; a single token built from the p exited tokens
+    Deviation (E8-1): the printed line has no sum over i; a single token built from the p exited tokens
     ("fused into an EE fusion token") needs one. Entries outside ``fuse`` are masked out before
     multiplying, so non-finite padding rows cannot leak in.
     """
-    if not isinstance(tokens, Tensor) or tokens.dim() != 3:
-        raise ValueError(f"tokens must be (B, N, D), got shape {_shape(tokens)}")
-    B, N, _ = tokens.shape
-    for name, t in (("alpha", alpha), ("fuse", fuse)):
-        if not isinstance(t, Tensor) or tuple(t.shape) != (B, N):
-            raise ValueError(f"{name} must have shape {(B, N)} to match tokens {tuple(tokens.shape)}, "
-                             f"got {_shape(t)}")
-    if fuse.dtype != torch.bool:
-        raise ValueError(f"fuse must be a bool tensor, got dtype {fuse.dtype}")
     w = torch.where(fuse, alpha, torch.zeros_like(alpha))                      # (B, N): α_i on exited i
     h = torch.where(fuse[..., None], tokens, torch.zeros_like(tokens))         # (B, N, D)
     return torch.einsum("bn,bnd->bd", w.to(tokens.dtype), h)                   # (B, D): Σ_i α_i h_i
@@ -309,102 +253,95 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
         attention_mask: ``(B, T)`` 1 real / 0 padding; column 0 must be 1.
         memory: ``(B, T-1)`` :math:`A_m^l` (Eq. 6) on the non-CLS tokens.
         r_ee: :math:`R_{ee}` in [0, 1]; r_ee_means: ``"exit"`` (paper) / ``"keep"`` (authors).
-        fusion: ``"memory"`` (α_i = A_m^l[i], paper and authors), ``"normalised"`` (α_i / Σ α_j over
-            the fused tokens, EViT) or ``"drop"`` (no fused token; the "w/o EE-fusion" ablation).
-        fused_memory: the fused token's memory entry: ``"sum"`` (Σ of the fused tokens' scores, so
-            Σ memory is unchanged) or ``"mean"`` (authors).
-        n_base: ``(B,)`` integer or None; if given, m is computed from this length (e.g. the
-            original sequence length) and clipped to N.
+        fusion: ``"memory"`` (α_i = A_m^l[i]), ``"normalised"`` (EViT) or ``"drop"`` (w/o EE-fusion).
+        fused_memory: the fused token's A_m entry, ``"sum"`` of the fused scores or ``"mean"`` (authors).
+        n_base: ``(B,)`` or None: m from this length (e.g. the original one), clipped to N.
         select: ``"top"`` keeps the m highest-scoring tokens (the method); ``"bottom"`` keeps the m
             lowest (the paper's Fig. 5 control experiment). Ties go to the lower position either way.
         memory_alignment: ``"gather"`` (default): kept tokens in position order, each with its own
-            memory entry. ``"truncate"`` (the authors' code): kept tokens in selection-score order
-            (ties: lower position first), and the memory is *not* moved with them: output slot j < m
-            keeps the input's memory entry j, the fused token's slot gets its own entry. Under
-            ``"truncate"`` the kept tokens are reordered even where nothing exits.
-        fused_mean_count: ``(B,)`` integer or None: with ``fused_memory="mean"``, divide the fused
-            scores' sum by this count instead of p (the authors average over every slot that exits in
-            their padded sequence, padding slots with score 0 included).
+            memory entry. ``"truncate"`` (authors): kept tokens in selection-score order, output memory
+            slot j < m keeps the input's entry j (not its token's); applied even where nothing exits.
+        fused_mean_count: ``(B,)`` or None: with ``fused_memory="mean"``, divide by this count instead
+            of p (the authors count every padded slot that exits).
     Returns:
-        :class:`PruneResult`. T' = 1 + max_b(m_b + [sample b has a fused token]). If no sample
-        prunes any token (e.g. r_ee = 0) and ``memory_alignment="gather"``, the inputs are returned
-        as they are (same length T).
+        :class:`PruneResult`, T' = 1 + max_b(m_b + [b has a fused token]). If no sample prunes a token
+        and ``memory_alignment="gather"``, the inputs come back as they are (same length T).
 
-    Deviation: by default kept tokens stay in position order (the authors keep score order; without
-    re-added position embeddings the order changes nothing downstream except which memory entry sits
-    next to which token) and the kept tokens' memory is gathered with them (the authors truncate it;
-    ``memory_alignment="truncate"``). A sample with p = 0 gets no fused token.
+    Deviation (E8-2, E6-2): kept tokens stay in position order with their own memory entries (the
+    authors keep score order and truncate the memory: ``memory_alignment="truncate"``; without re-added
+    position embeddings the order changes nothing else). A sample with p = 0 gets no fused token.
     """
-    if not isinstance(hidden, Tensor) or hidden.dim() != 3 or hidden.shape[1] < 1:
-        raise ValueError(f"hidden must be (B, T, D) with T >= 1, got shape {_shape(hidden)}")
     B, T, D = hidden.shape
-    N = T - 1
-    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, T):
-        raise ValueError(f"attention_mask must have shape {(B, T)}, got {_shape(attention_mask)}")
-    if not isinstance(memory, Tensor) or tuple(memory.shape) != (B, N):
-        raise ValueError(f"memory must have shape {(B, N)} (non-CLS tokens of hidden {tuple(hidden.shape)}), "
-                         f"got {_shape(memory)}")
-    if not bool((attention_mask[:, 0] != 0).all()):
-        raise ValueError("attention_mask[:, 0] must be 1: token 0 is [CLS] and is always kept")
-    if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-    if fused_memory not in FUSED_MEMORIES:
-        raise ValueError(f"fused_memory must be one of {FUSED_MEMORIES}, got {fused_memory!r}")
-    if select not in ("top", "bottom"):
-        raise ValueError(f"select must be 'top' or 'bottom', got {select!r}")
-    if memory_alignment not in MEMORY_ALIGNMENTS:
-        raise ValueError(f"memory_alignment must be one of {MEMORY_ALIGNMENTS}, got {memory_alignment!r}")
     valid = attention_mask[:, 1:] != 0                                         # (B, N)
     n = valid.sum(dim=1)                                                       # (B,) N per sample
-    if n_base is None:
-        m = eq07_num_kept(n, r_ee, r_ee_means)                                 # (B,)
-    else:
-        _check_counts(n_base, "n_base")
-        if n_base.shape[0] != B:
-            raise ValueError(f"n_base must have shape ({B},), got {tuple(n_base.shape)}")
-        m = torch.minimum(eq07_num_kept(n_base, r_ee, r_ee_means).to(n.device), n)   # (B,)
+    m = eq07_num_kept(n if n_base is None else n_base, r_ee, r_ee_means).to(n.device)   # (B,)
+    m = m if n_base is None else torch.minimum(m, n)                           # (B,) clipped to N
     p = n - m                                                                  # (B,)
-    arange_n = torch.arange(N, device=hidden.device)                           # (N,)
-
     truncate = memory_alignment == "truncate"
     if not truncate and not bool((p > 0).any()):  # nothing exits (m = N everywhere): no sort needed
+        arange_n = torch.arange(T - 1, device=hidden.device)                   # (N,)
         return PruneResult(
             hidden=hidden, attention_mask=attention_mask, memory=memory,
             source_index=torch.where(valid, arange_n[None, :], torch.full_like(valid, -2, dtype=torch.long)),
             kept=valid.clone(), fused=torch.zeros_like(valid), alpha=torch.zeros_like(memory), num_kept=m)
+    # ---- Eq. (7): keep the m best tokens h_in, the p others exit
     select_score = memory if select == "top" else -memory                     # (B, N)
     keep = eq07_top_m(select_score, valid, m)                                  # (B, N)
     exited = valid & ~keep                                                     # (B, N): p tokens
-
-    # ---- α_i and h_eef (Eq. 8, first line)
+    # ---- Eq. (8), first line: α_i and h_eef, and the fused token's memory entry
     score = torch.where(exited, memory, torch.zeros_like(memory))              # (B, N)
-    if fusion == "memory":
-        alpha = score                                                          # (B, N)
-    elif fusion == "normalised":
-        total = score.sum(dim=1, keepdim=True)                                 # (B, 1)
-        alpha = score / torch.where(total > 0, total, torch.ones_like(total))  # (B, N)
-    else:  # "drop"
-        alpha = torch.zeros_like(memory)                                       # (B, N)
+    alpha = _fusion_weights(score, fusion)                                     # (B, N)
     has_fused = (p > 0) & (fusion != "drop")                                   # (B,)
-    h_eef = (eq08_fuse(hidden[:, 1:], alpha, exited) if fusion != "drop"
-             else hidden.new_zeros(B, D))                                      # (B, D)
-    mem_eef = score.sum(dim=1)                                                 # (B,) Σ exited scores
-    if fused_memory == "mean":
-        count = p if fused_mean_count is None else fused_mean_count.to(p.device)  # (B,)
-        if fused_mean_count is not None:
-            _check_counts(fused_mean_count, "fused_mean_count")
-            if fused_mean_count.shape[0] != B:
-                raise ValueError(f"fused_mean_count must have shape ({B},), got {tuple(fused_mean_count.shape)}")
-        mem_eef = mem_eef / count.clamp_min(1).to(mem_eef.dtype)               # (B,)
+    h_eef = eq08_fuse(hidden[:, 1:], alpha, exited) if fusion != "drop" else hidden.new_zeros(B, D)  # (B, D)
+    mem_eef = _fused_memory(score, p, fused_memory, fused_mean_count)          # (B,)
+    # ---- Eq. (8), second line: Z~_l = Concat[h_CLS; h_in; h_eef] + right padding
+    kept_first = _kept_order(keep, select_score, truncate)                     # (B, N) kept tokens first
+    return _splice(hidden, attention_mask, memory, kept_first, has_fused, h_eef, mem_eef, truncate,
+                   kept=keep, fused=exited, alpha=alpha, num_kept=m)
 
-    # ---- Z~_l = Concat[h_CLS; h_in; h_eef] + right padding (Eq. 8, second line)
+
+def _fusion_weights(score: Tensor, fusion: str) -> Tensor:
+    r""":math:`\alpha_i` of Eq. (8) from ``score`` ``(B, N)`` (:math:`A_m^l` on the exited tokens, 0 elsewhere):
+    ``"memory"`` the score itself (paper and authors), ``"normalised"`` divided by the exited tokens' sum
+    (EViT), ``"drop"`` 0 (no fused token: the "w/o EE-fusion" ablation)."""
+    if fusion == "memory":
+        return score                                                           # (B, N): α_i = A_m^l[i]
+    if fusion == "normalised":
+        total = score.sum(dim=1, keepdim=True)                                 # (B, 1)
+        return score / torch.where(total > 0, total, torch.ones_like(total))   # (B, N)
+    return torch.zeros_like(score)                                             # (B, N): "drop"
+
+
+def _fused_memory(score: Tensor, p: Tensor, fused_memory: str, fused_mean_count: Tensor | None) -> Tensor:
+    """The fused token's :math:`A_m^l` entry ``(B,)``: the sum of the exited scores (so Σ memory is unchanged),
+    or their mean over p (or over ``fused_mean_count``, the authors' count of exited padded slots)."""
+    total = score.sum(dim=1)                                                   # (B,) Σ exited scores
+    if fused_memory == "sum":
+        return total
+    count = p if fused_mean_count is None else fused_mean_count.to(p.device)  # (B,)
+    return total / count.clamp_min(1).to(total.dtype)                          # (B,)
+
+
+def _kept_order(keep: Tensor, select_score: Tensor, truncate: bool) -> Tensor:
+    """``(B, N)`` input indices, the kept tokens first: in position order (``gather``) or by selection
+    score, best first, ties to the lower position (``truncate``, the authors'); then the others."""
+    if truncate:
+        s_sel = torch.where(keep, select_score.detach(), torch.full_like(select_score, -math.inf))
+        return torch.sort(s_sel, dim=1, descending=True, stable=True).indices   # (B, N)
+    arange_n = torch.arange(keep.shape[1], device=keep.device)                 # (N,)
+    return torch.where(keep, arange_n, arange_n + keep.shape[1]).argsort(dim=1)   # (B, N)
+
+
+def _splice(hidden: Tensor, attention_mask: Tensor, memory: Tensor, kept_first: Tensor, has_fused: Tensor,
+            h_eef: Tensor, mem_eef: Tensor, truncate: bool, *, kept: Tensor, fused: Tensor, alpha: Tensor,
+            num_kept: Tensor) -> PruneResult:
+    r"""Eq. (8), second line: row b of :math:`\tilde Z_l` is ``[CLS, kept_first[b, :m_b], h_eef (if
+    has_fused_b), zero padding]``, m = ``num_kept``; ``truncate``: memory slot j < m keeps the input's
+    entry j (authors). ``kept``, ``fused``, ``alpha`` pass through to the :class:`PruneResult`."""
+    B, T, D = hidden.shape
+    N, m = T - 1, num_kept
     length = m + has_fused.long()                                              # (B,) non-CLS tokens left
     t_out = int(length.max())                                                  # T' - 1
-    if truncate:   # kept tokens by selection score, best first (ties: lower position), then the rest
-        s_sel = torch.where(keep, select_score.detach(), torch.full_like(select_score, -math.inf))
-        kept_first = torch.sort(s_sel, dim=1, descending=True, stable=True).indices   # (B, N)
-    else:
-        kept_first = torch.where(keep, arange_n, arange_n + N).argsort(dim=1)  # (B, N) kept, in position order
     j = torch.arange(t_out, device=hidden.device)[None, :]                     # (1, T'-1)
     m_col, fused_col = m[:, None], has_fused[:, None]                          # (B, 1)
     # index into the extended axis [h_1..h_N, h_eef, 0]: i < N kept token, N fused, N + 1 padding
@@ -413,7 +350,6 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
     ext_h = torch.cat([hidden[:, 1:], h_eef[:, None], hidden.new_zeros(B, 1, D)], dim=1)   # (B, N+2, D)
     tokens = ext_h.gather(1, src[..., None].expand(B, t_out, D))               # (B, T'-1, D)
     ext_m = torch.cat([memory, mem_eef[:, None].to(memory.dtype), memory.new_zeros(B, 1)], dim=1)  # (B, N+2)
-    # truncate: slot j < m keeps the input's entry j (not its token's), as the authors' code does
     mem_src = torch.where(j < m_col, j.expand(B, t_out), src) if truncate else src   # (B, T'-1)
     new_mask = torch.arange(t_out + 1, device=hidden.device)[None, :] < (1 + length)[:, None]    # (B, T')
     return PruneResult(
@@ -421,7 +357,7 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
         attention_mask=new_mask.to(attention_mask.dtype),                      # (B, T')
         memory=ext_m.gather(1, mem_src),                                       # (B, T'-1)
         source_index=torch.where(src < N, src, torch.where(src == N, -1, -2)), # (B, T'-1)
-        kept=keep, fused=exited, alpha=alpha, num_kept=m)
+        kept=kept, fused=fused, alpha=alpha, num_kept=m)
 
 
 # ----------------------------------------------------------------------------- Eq. (7) over padded slots
@@ -444,16 +380,10 @@ def padded_widths(pad_to: int, prune_layers: tuple[int, ...], num_layers: int, r
         ``(W_1, ..., W_L)``: for 128 slots, layers 4/7/10 and 70% kept: 128 (layers 1-4), 91 (5-7),
         65 (8-10), 47 (11-12).
 
-    Deviation: m is the exact ceiling of :func:`eq07_num_kept`; the authors take the ceiling of a
+    Deviation (E7-2, M6): m is the exact ceiling of :func:`eq07_num_kept`; the authors take the ceiling of a
     float product, which agrees at every width reached from 128 with r = 0.7 (tested). A pruning
     layer where :math:`m \ge W_l - 1` changes nothing (the authors' code then loses its memory).
     """
-    if isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 2:
-        raise ValueError(f"pad_to must be an int >= 2, got {pad_to!r}")
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
-    if any(not 1 <= l <= num_layers for l in prune_layers):
-        raise ValueError(f"prune_layers must be in [1, {num_layers}], got {tuple(prune_layers)}")
     widths, W = [], pad_to
     for l in range(1, num_layers + 1):
         widths.append(W)
@@ -466,4 +396,4 @@ def padded_widths(pad_to: int, prune_layers: tuple[int, ...], num_layers: int, r
 
 __all__ = ["eq05_class_attention", "all_token_attention", "eq06_attention_memory", "eq07_num_kept",
            "eq07_top_m", "eq08_fuse", "PruneResult", "prune_tokens", "padded_widths",
-           "R_EE_MEANINGS", "FUSIONS", "FUSED_MEMORIES", "MEMORY_ALIGNMENTS"]
+           "R_EE_MEANINGS", "FUSIONS", "FUSED_MEMORIES", "MEMORY_ALIGNMENTS", "TOKEN_SELECTS"]

@@ -1,8 +1,9 @@
 """One-line definition and named axes of every golden-vector tensor (written into manifest.json).
 
 Axis names: B batch, T tokens incl. [CLS], N = T - 1 non-[CLS] tokens, D hidden, H heads, dh head size,
-F FFN size, C classes, L layers/exits, V vocabulary, P positions, K cases listed in the entry's
-attributes, L_b layers sample b executed (its exit layer), T_l = tokens after layer l (incl. [CLS] and
+F FFN size (the published manifest's letter, kept so the golden files stay unchanged; the code
+calls the FFN size I and keeps F for the entropy threshold), C classes, L layers/exits, V vocabulary,
+P positions, K cases listed in the entry's attributes, L_b layers sample b executed (its exit layer), T_l = tokens after layer l (incl. [CLS] and
 the fused token), p tokens fused at a layer. Layer numbers l are 1-based (layer l produces h^l);
 state-dict names count from 0 (``encoder.layer.{l-1}``, ``exits.{l-1}``).
 """
