@@ -90,3 +90,23 @@ def test_unknown_option_names_the_config_field(tiny, tmp_path):  # noqa: F811
         train_model(_args(tiny, tmp_path / "x", method="pabee", options={"entropy_threshold": "0.3"}, max_steps=1))
     assert TrainArgs(task="sst-2", data_dir="d", out="o", model="m", method="power_bert",
                      options={"retention": "0.9,0.8,0.7"}).options == {"retention": "0.9,0.8,0.7"}
+
+
+def test_evaluate_and_sweep_read_a_baseline_folder(tiny, tmp_path, capsys):  # noqa: F811
+    from mpee_ref.__main__ import main
+    train_model(_args(tiny, tmp_path / "run", method="pabee", max_steps=2))
+    common = ["--model", str(tmp_path / "run" / "final"), "--task", "sst-2", "--data-dir", str(tiny["data"]),
+              "--max-examples", "6"]
+    assert main(["evaluate", *common, "--setting", "1", "--batch-size", "3"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert one["method"] == "pabee" and one["setting"] == {"patience": 1.0} and one["n_examples"] == 6
+    assert main(["sweep", *common, "--grid", "1,2", "--out", str(tmp_path / "sw")]) == 0
+    sweep = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [p["setting"] for p in sweep["points"]] == [{"patience": 1.0}, {"patience": 2.0}]
+    assert sweep["points"][0]["rho"] == pytest.approx(one["rho"])
+    assert sweep["points"][0]["metrics"] == one["metrics"]
+    capsys.readouterr()
+    assert main(["evaluate", *common, "--threshold", "0.2"]) == 2
+    assert "MPEE options; a baseline's knob is --setting" in capsys.readouterr().err
+    assert main(["diagnose", *common, "--out", str(tmp_path / "d")]) == 2
+    assert "holds a baseline model" in capsys.readouterr().err

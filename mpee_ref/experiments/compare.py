@@ -94,7 +94,7 @@ def from_mpee_sweep(sweep: Mapping[str, Any], seed: int, method: str = "mpee") -
             "points": points}
 
 
-def method_sweep(model: Any, method: str, data: EncodedDataset, task: str, metric: str, seed: int,
+def method_sweep(model: Any, method: str, data: EncodedDataset, task: str, metric: str, seed: int | None,
                  values: Sequence[float] | None = None, batch_size: int = 32) -> dict[str, Any]:
     """Evaluate a trained baseline ``model`` (of ``method``, see :mod:`mpee_ref.baselines.registry`) on
     ``data`` at every setting of its knob (``values``, default: the method's grid): a method sweep."""

@@ -29,6 +29,7 @@ from ..flops import authors_code_sample_macs, authors_sample_flops, eq15_speedup
 from ..io.atomic import atomic_text
 from ..mpee import MPEEModel, SampleResult
 from .batching import EncodedDataset, collate, encode_examples
+from .families import evaluate_baseline
 from .flags import add_flags, command_parser, from_flags
 from .loading import SplitArgs, check_model_task, load_split, require_classes
 from .options import parse_overrides
@@ -201,6 +202,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flags(p, SplitArgs, defaults={"batch_size": 1})
     p.add_argument("--threshold", type=float, default=None, help="F, entropy exit threshold (nats)")
     p.add_argument("--r-ee", type=float, default=None, help="R_ee of Eq. 7")
+    p.add_argument("--setting", type=float, default=None,
+                   help="a baseline folder's knob: DeeBERT entropy threshold, FastBERT speed, PABEE patience, "
+                        "PoWER-BERT retention decay q (docs/BASELINES.md); default: the model's config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_",
                    help="any MPEEConfig field for this run (repeatable)")
     p.add_argument("--flops-convention", choices=FLOPS_CONVENTIONS, default="all",
@@ -214,17 +218,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The ``evaluate`` command; ValueError/OSError reach ``__main__`` (one line, exit 2)."""
-    import torch
-
     overrides = parse_overrides(args.set_)
     if args.threshold is not None:
         overrides["threshold"] = args.threshold
     if args.r_ee is not None:
         overrides["r_ee"] = args.r_ee
-    loaded = load_split(from_flags(SplitArgs, args))
+    loaded = load_split(from_flags(SplitArgs, args), allow_baseline=True)
+    if loaded.is_baseline:
+        if overrides:
+            raise ValueError("--threshold/--r-ee/--set: MPEE options; a baseline's knob is --setting VALUE")
+        return _report(args, loaded, evaluate_baseline(loaded.model, loaded.data, loaded.spec.name,
+                                                       args.batch_size, args.setting))
+    if args.setting is not None:
+        raise ValueError("--setting: a baseline's knob; an MPEE model takes --threshold/--r-ee")
     result = evaluate_data(loaded.model, loaded.data, loaded.spec.name, args.batch_size,
                            max_seq_length=args.max_seq_length, flops_convention=args.flops_convention,
                            verify_batch1=args.verify_batch1, **overrides)
+    return _report(args, loaded, result)
+
+
+def _report(args: argparse.Namespace, loaded: Any, result: dict[str, Any]) -> int:
+    """Print (and with --json write) an evaluation result and its one-line summary."""
+    import torch
     result.update(model=str(loaded.folder), split=args.split, torch_threads=torch.get_num_threads())
     text = json.dumps(result, indent=2)
     print(text)

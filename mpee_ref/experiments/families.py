@@ -13,6 +13,7 @@ r"""The two model families ``train``, ``evaluate``, ``sweep`` and ``compare`` ha
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -82,6 +83,24 @@ def save_final(model: Model, folder: Path, extra_files: dict[str, str]) -> None:
         write_model_files(model, tmp, label=folder)
         for name, text in extra_files.items():
             (tmp / name).write_text(text, encoding="utf-8")
+
+
+def evaluate_baseline(model: BaselineModel, data: Any, task: str, batch_size: int,
+                      setting: float | None = None) -> dict[str, Any]:
+    """:func:`summarize_baseline` of one pass over ``data`` at the knob value ``setting`` (None: the
+    model's config), with the throughput (examples per second)."""
+    from .evaluate import run_inference
+    spec = method_of(model)
+    kwargs = {} if setting is None else spec.infer_kwargs(setting, model.bert_config.num_hidden_layers)
+    if setting is not None and spec.knob is None:
+        raise ValueError(f"--setting: {spec.name} has no knob to set")
+    t0 = time.perf_counter()
+    samples = run_inference(model, data, batch_size, **kwargs)
+    seconds = time.perf_counter() - t0
+    result = summarize_baseline(samples, data.labels, task, model)
+    result.update(setting={spec.knob: setting} if setting is not None else None, wall_time_s=seconds,
+                  examples_per_s=len(samples) / seconds)
+    return result
 
 
 def summarize_baseline(samples: Sequence[Any], labels: Sequence[int], task: str, model: BaselineModel) -> dict[str, Any]:

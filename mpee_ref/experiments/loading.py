@@ -13,8 +13,9 @@ from pathlib import Path
 
 from ..data import TaskSpec, get_task, read_glue
 from ..io.convert import read_json
-from ..mpee import MPEEModel, load_mpee
+from ..mpee import load_mpee
 from ..mpee.checkpoint import MPEE_CONFIG
+from .families import Model, is_baseline_folder, load_trained, num_labels
 from .batching import EncodedDataset, encode_examples
 from .flags import arg, resolve_device
 from .options import check_cli_numbers
@@ -24,7 +25,7 @@ from .options import check_cli_numbers
 class SplitArgs:
     """The model and the data split an inference command reads."""
 
-    model: str = arg(help="an MPEE folder (train's out/final)")
+    model: str = arg(help="an MPEE or baseline folder (train's out/final)")
     task: str = arg(help="GLUE task, e.g. sst-2")
     data_dir: str = arg(help="GLUE root or the task folder")
     split: str = arg("dev", "the GLUE split to read (dev, train, ...)")
@@ -43,9 +44,10 @@ class LoadedSplit:
 
     spec: TaskSpec
     folder: Path
-    model: MPEEModel
+    model: Model
     data: EncodedDataset
-    is_mpee: bool                          # False: an encoder folder, whose exit heads are untrained
+    is_mpee: bool                          # False: an encoder folder, whose exit heads are untrained, or a baseline
+    is_baseline: bool = False              # a baseline folder (train --method X): its knob, not F/R_ee
 
 
 def model_task(folder: Path) -> str | None:
@@ -70,16 +72,15 @@ def require_classes(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-def check_model_task(model: MPEEModel, spec: TaskSpec, flag: str = "model") -> None:
+def check_model_task(model: Model, spec: TaskSpec, flag: str = "model") -> None:
     """A classification task whose number of classes the model has."""
     require_classes(spec)
-    if spec.num_labels != model.mpee_config.num_labels:
-        raise ValueError(f"{flag}: has {model.mpee_config.num_labels} classes, task {spec.name} has "
-                         f"{spec.num_labels}")
+    if spec.num_labels != num_labels(model):
+        raise ValueError(f"{flag}: has {num_labels(model)} classes, task {spec.name} has {spec.num_labels}")
 
 
 def load_split(args: SplitArgs, flag: str = "--model", require_mpee: bool = False,
-               encoder_note: bool = True) -> LoadedSplit:
+               encoder_note: bool = True, allow_baseline: bool = False) -> LoadedSplit:
     """Check the flags, load ``args.model`` onto ``args.device`` and tokenise ``args.split`` (see the module
     doc). ``flag`` names the model flag in errors; ``require_mpee`` refuses an encoder folder (which gets
     fresh heads for the task's classes, and a note on stderr unless ``encoder_note`` is False)."""
@@ -89,7 +90,10 @@ def load_split(args: SplitArgs, flag: str = "--model", require_mpee: bool = Fals
     folder = Path(args.model)
     if not folder.is_dir():
         raise ValueError(f"{flag}: {folder} is not a folder")
-    is_mpee = (folder / MPEE_CONFIG).is_file()
+    is_mpee, is_baseline = (folder / MPEE_CONFIG).is_file(), is_baseline_folder(folder)
+    if is_baseline and not allow_baseline:
+        raise ValueError(f"{flag}: {folder} holds a baseline model (train --method); this command needs an MPEE "
+                         f"folder (baselines work with evaluate, sweep and compare)")
     if require_mpee and not is_mpee:
         raise ValueError(f"{flag}: {folder} has no {MPEE_CONFIG} (expected a trained MPEE folder)")
     trained_on = model_task(folder)
@@ -97,8 +101,10 @@ def load_split(args: SplitArgs, flag: str = "--model", require_mpee: bool = Fals
         raise ValueError(f"{folder}: the model was trained on {trained_on}, not {spec.name}; its classes mean "
                          f"other things (pass --allow-task-mismatch to use it anyway)")
     examples = read_glue(spec.name, args.data_dir, args.split)[:args.max_examples]
-    model = (load_mpee(folder) if is_mpee else load_mpee(folder, num_labels=spec.num_labels)).to(device)
-    if not is_mpee and encoder_note:
+    fresh = not (is_mpee or is_baseline)
+    model = (load_mpee(folder, num_labels=spec.num_labels) if fresh else load_trained(folder)).to(device)
+    if fresh and encoder_note:
         print(f"note: {folder} is an encoder folder: the exit heads are untrained", file=sys.stderr)
     check_model_task(model, spec, flag)
-    return LoadedSplit(spec, folder, model, encode_examples(model.tokenizer, examples, args.max_seq_length), is_mpee)
+    data = encode_examples(model.tokenizer, examples, args.max_seq_length)
+    return LoadedSplit(spec, folder, model, data, is_mpee, is_baseline)

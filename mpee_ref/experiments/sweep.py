@@ -119,6 +119,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flags(p, SplitArgs)
     p.add_argument("--thresholds", default=",".join(f"{x:g}" for x in DEFAULT_THRESHOLDS), help="F values (nats)")
     p.add_argument("--r-ee", default=",".join(f"{x:g}" for x in DEFAULT_R_EES), help="R_ee values")
+    p.add_argument("--grid", default=None,
+                   help="a baseline folder's knob values, comma list (default: the method's grid, docs/BASELINES.md)")
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--fig4-threshold", type=float, default=None,
                    help="Fig. 4 operating point F (default: highest rho within 1 point of the best metric)")
@@ -136,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--fig4-threshold and --fig4-r-ee go together (give both or neither)")
     thresholds, r_ees = comma_list(args.thresholds, float, "--thresholds"), comma_list(args.r_ee, float, "--r-ee")
     fig5_r = comma_list(args.fig5_r_ee, float, "--fig5-r-ee")
-    loaded = load_split(from_flags(SplitArgs, args))
+    loaded = load_split(from_flags(SplitArgs, args), allow_baseline=True)
+    if loaded.is_baseline:
+        return _sweep_baseline(args, loaded)
     result = sweep(loaded.model, loaded.data, loaded.spec.name, thresholds, r_ees, args.batch_size,
                    args.max_seq_length,
                    fig4=(args.fig4_threshold, args.fig4_r_ee) if args.fig4_threshold is not None else None,
@@ -145,6 +149,28 @@ def run(args: argparse.Namespace) -> int:
     result.update(model=str(loaded.folder), split=args.split)
     write_outputs(result, args.out)
     print(sweep_markdown(result), end="")
+    return 0
+
+
+def _sweep_baseline(args: argparse.Namespace, loaded: Any) -> int:
+    """``sweep`` on a baseline folder: its knob over ``--grid``, written as a method sweep
+    (:mod:`~mpee_ref.experiments.compare`) to ``sweep.json`` and as a table to ``sweep.md``."""
+    from .compare import method_sweep
+    from .families import method_name
+    grid = comma_list(args.grid, float, "--grid") if args.grid else None
+    metric = primary_metric(loaded.spec.name)
+    result = method_sweep(loaded.model, method_name(loaded.model), loaded.data, loaded.spec.name, metric, seed=None,
+                          values=grid, batch_size=args.batch_size)
+    result.update(format="mpee_ref-method-sweep-1", model=str(loaded.folder), split=args.split)
+    lines = [f"# Sweep: {result['method']} on {loaded.spec.name} {args.split}", "",
+             f"| setting | {metric} | ρ | mean exit layer |", "|---|---|---|---|"]
+    lines += [f"| {', '.join(f'{k} {v:g}' for k, v in p['setting'].items()) or '-'} | "
+              f"{100 * p['metrics'][metric]:.2f} | {p['rho']:.2f}× | {p['mean_exit_layer']:.2f} |"
+              for p in result["points"]]
+    out = Path(args.out)
+    atomic_text(out / "sweep.json", json.dumps(result, indent=2) + "\n")
+    atomic_text(out / "sweep.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
     return 0
 
 
