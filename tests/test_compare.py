@@ -146,3 +146,18 @@ def test_compare_command_trains_sweeps_and_reuses(tmp_path, capsys):
     changed = [x.replace("--lr 1e-3", "--lr 2e-3") for x in argv]
     assert main(changed) == 2                                         # a finished run with other flags is refused
     assert "trained with other arguments (differs in ['lr'])" in capsys.readouterr().err
+
+
+def test_a_finished_run_older_than_new_train_fields_is_reused(tmp_path):
+    """A train_summary.json written before --method/--stage/--option existed matches their defaults."""
+    from mpee_ref.experiments import TrainArgs
+    from mpee_ref.experiments.ablation import check_same_args
+    from mpee_ref.experiments.runs import jsonable_args
+
+    now = TrainArgs(task="sst-2", data_dir="d", out=str(tmp_path), model="m", lr=5e-5)
+    old = {k: v for k, v in jsonable_args(now).items() if k not in ("method", "stage", "options", "freeze_backbone")}
+    (tmp_path / "train_summary.json").write_text(json.dumps({"args": old}))
+    check_same_args(tmp_path, now)
+    with pytest.raises(ValueError, match=r"differs in \['method'\]"):
+        check_same_args(tmp_path, TrainArgs(task="sst-2", data_dir="d", out=str(tmp_path), model="m", lr=5e-5,
+                                            method="pabee"))

@@ -44,7 +44,7 @@ from .checkpointing import latest_checkpoint
 from .evaluate import evaluate_encoded
 from .flags import add_flags, command_parser, from_flags
 from .loading import SplitArgs, load_split
-from .runs import OPERATIONAL, jsonable_args
+from .runs import OPERATIONAL, argument_defaults, jsonable_args
 from .train import TrainArgs, train_model
 
 FORMAT = "mpee_ref-ablation-1"
@@ -164,8 +164,8 @@ def check_same_args(row_out: Path, targs: TrainArgs) -> None:
     summary = row_out / "train_summary.json"
     if not summary.is_file():
         raise ValueError(f"{row_out}: has final/ but no train_summary.json; delete the folder to retrain")
-    saved = {k: v for k, v in (json.loads(summary.read_text(encoding="utf-8")).get("args") or {}).items()
-             if k not in OPERATIONAL}
+    saved = {**argument_defaults(targs), **(json.loads(summary.read_text(encoding="utf-8")).get("args") or {})}
+    saved = {k: v for k, v in saved.items() if k not in OPERATIONAL}     # fields added since: their defaults
     now = {k: v for k, v in jsonable_args(targs).items() if k not in OPERATIONAL}
     if saved != now:
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
