@@ -161,3 +161,11 @@ def test_a_finished_run_older_than_new_train_fields_is_reused(tmp_path):
     with pytest.raises(ValueError, match=r"differs in \['method'\]"):
         check_same_args(tmp_path, TrainArgs(task="sst-2", data_dir="d", out=str(tmp_path), model="m", lr=5e-5,
                                             method="pabee"))
+
+
+def test_per_method_flags():
+    assert compare.per_method_flags("power-bert: --option retention=0.5,0.25 ; deebert:--lr 1e-4") == {
+        "power_bert": "--option retention=0.5,0.25", "deebert": "--lr 1e-4"}
+    assert compare.per_method_flags("") == {}
+    with pytest.raises(ValueError, match="expected 'METHOD: FLAGS'"):
+        compare.per_method_flags("--lr 1e-4")

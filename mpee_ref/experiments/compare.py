@@ -250,6 +250,8 @@ class CompareArgs:
     train_args: str = arg("", "train flags for every run, one string, e.g. '--epochs 3 --lr 5e-5'")
     mpee_train_args: str = arg("", "more train flags for the mpee runs, e.g. '--preset recipe --head-lr-mult 20'")
     baseline_train_args: str = arg("", "more train flags for the baselines, e.g. '--option head_norm=true'")
+    method_train_args: str = arg("", "more train flags for one method, 'METHOD: FLAGS', several separated by ';', "
+                                     "e.g. 'power_bert: --option retention=0.8,0.64,0.51,0.41,0.33,0.26'")
     thresholds: str = arg(",".join(map(str, DEFAULT_THRESHOLDS)), "MPEE's sweep: comma list of F")
     r_ees: str = arg(",".join(map(str, DEFAULT_R_EES)), "MPEE's sweep: comma list of R_ee")
     target_rho: float = arg(2.0, "the table's 'metric at rho' column")
@@ -273,10 +275,22 @@ def _stages(method: str) -> list[tuple[str | None, list[str]]]:
             for i, st in enumerate(stages)]
 
 
+def per_method_flags(text: str) -> dict[str, str]:
+    """``"power_bert: --option x=1; deebert: --lr 1e-4"`` -> ``{"power_bert": "--option x=1", "deebert": "--lr 1e-4"}``."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        name, sep, flags = part.partition(":")
+        if not sep:
+            raise ValueError(f"--method-train-args: expected 'METHOD: FLAGS', got {part!r}")
+        out[name.strip().replace("-", "_")] = flags.strip()
+    return out
+
+
 def train_method(a: CompareArgs, method: str, seed: int) -> Path:
     """Train (or reuse, or resume) ``method`` at ``seed``; returns its final model folder."""
     from .ablation import check_same_args, train_args_from_cli
     family = a.mpee_train_args if method in ("mpee", "plain") else a.baseline_train_args
+    family += " " + per_method_flags(a.method_train_args).get(method, "")
     run_dir, start = Path(a.out) / method / f"s{seed}", a.model
     for sub, extra in _stages(method):
         out = run_dir / sub if sub else run_dir
