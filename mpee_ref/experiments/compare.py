@@ -32,7 +32,8 @@ method and seed from the same encoder with the same ``train`` flags, sweeps each
     out/compare.md                   the Table 1 analogue
     out/fig3_compare.png, out/fig4_compare.png   (with matplotlib)
 
-``plain`` (``train --mode plain``) is the reference: the fine-tuned backbone with every exit off.
+``plain`` (``train --mode plain`` with ``--train-args`` only) is the reference: the backbone fine-tuned
+as usual, every exit off.
 A finished run is reused only if it was trained with the same arguments (else an error says which
 differ); an interrupted one resumes. Example (the commands of docs/RESULTS.md)::
 
@@ -289,7 +290,7 @@ def per_method_flags(text: str) -> dict[str, str]:
 def train_method(a: CompareArgs, method: str, seed: int) -> Path:
     """Train (or reuse, or resume) ``method`` at ``seed``; returns its final model folder."""
     from .ablation import check_same_args, train_args_from_cli
-    family = a.mpee_train_args if method in ("mpee", "plain") else a.baseline_train_args
+    family = {"plain": "", "mpee": a.mpee_train_args}.get(method, a.baseline_train_args)   # plain: a plain fine-tune
     family += " " + per_method_flags(a.method_train_args).get(method, "")
     run_dir, start = Path(a.out) / method / f"s{seed}", a.model
     for sub, extra in _stages(method):
