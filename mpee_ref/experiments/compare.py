@@ -63,6 +63,7 @@ from .evaluate import run_inference
 from .families import load_trained, summarize_baseline
 from .figures import have_matplotlib
 from .flags import add_flags, arg, command_parser, from_flags, resolve_device
+from .loading import TaskArgs
 from .options import check_cli_numbers, comma_list
 from .seeds import mean_std
 from .sweep import DEFAULT_R_EES, DEFAULT_THRESHOLDS, primary_metric, run_sweep
@@ -239,12 +240,10 @@ def plot_exit_histograms(chosen: Sequence[MethodPoint], path: str | Path) -> Pat
 
 # ============================================================================ the command
 @dataclass(frozen=True)
-class CompareArgs:
+class CompareArgs(TaskArgs):
     """What ``compare`` needs (each field one flag)."""
 
     model: str = arg(help="the converted encoder every method is trained from")
-    task: str = arg(help="GLUE task, e.g. sst-2")
-    data_dir: str = arg(help="GLUE root or the task folder")
     out: str = arg("runs/compare", "output folder (one run folder per method and seed)")
     methods: str = arg(",".join(("plain", "mpee", *sorted(METHODS))), "comma list: plain, mpee and baselines")
     seeds: str = arg("0", "comma list of seeds (each method trains once per seed)")

@@ -22,12 +22,18 @@ from .options import check_cli_numbers
 
 
 @dataclass(frozen=True)
-class SplitArgs:
+class TaskArgs:
+    """The GLUE task and where its files are (every command that reads data has these flags)."""
+
+    task: str = arg(help="GLUE task, e.g. sst-2")
+    data_dir: str = arg(help="GLUE root or the task folder")
+
+
+@dataclass(frozen=True)
+class SplitArgs(TaskArgs):
     """The model and the data split an inference command reads."""
 
     model: str = arg(help="an MPEE or baseline folder (train's out/final)")
-    task: str = arg(help="GLUE task, e.g. sst-2")
-    data_dir: str = arg(help="GLUE root or the task folder")
     split: str = arg("dev", "the GLUE split to read (dev, train, ...)")
     batch_size: int = arg(32, "inference batch size (the paper: 1; batching does not change results)")
     max_seq_length: int = arg(128, "truncation length in tokens")
