@@ -128,3 +128,21 @@ def test_fig1_runs_the_encoder_on_the_models_device(monkeypatch):
     with pytest.raises(Seen):
         fig1_token_similarity(model, data, batch_size=2)
     assert seen == [{"meta"}]
+
+
+@pytest.mark.parametrize("method", ["static", "deebert", "fastbert", "pabee", "power_bert"])
+def test_baselines_create_no_tensor_off_the_inputs_device(method):
+    from mpee_ref.baselines.registry import METHODS
+    spec = METHODS[method]
+    extra = {"retention": (0.8, 0.6, 0.4)} if method == "power_bert" else {}
+    torch.manual_seed(0)
+    model = spec.model(BERT, spec.config(num_labels=3, **extra))
+    ids, mask = _batch()
+    reference = model.eval().infer({"input_ids": ids, "attention_mask": mask})
+    with torch.device("meta"):
+        out = model.infer({"input_ids": ids, "attention_mask": mask})
+        model.train()
+        loss = model(ids, mask, labels=torch.tensor([0, 1, 2, 0], device="cpu")).loss
+        loss.backward()
+    assert [s.exit_layer for s in out.samples] == [s.exit_layer for s in reference.samples]
+    assert loss.device.type == "cpu" and torch.isfinite(loss)

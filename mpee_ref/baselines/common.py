@@ -302,7 +302,7 @@ class BaselineModel(nn.Module):
         lengths = mask.sum(1).tolist()
         n_base = mask.sum(1) - 1                                                   # (B_a,)
         h = self.bert.embeddings(input_ids, types)                                 # (B, T, D)
-        active = torch.arange(B)                                                   # (B_a,) input indices
+        active = torch.arange(B, device=input_ids.device)                  # (B_a,) input indices
         state: dict[str, Tensor] = {}
         n_att: list[list[int]] = [[] for _ in range(B)]
         n_ffn: list[list[int]] = [[] for _ in range(B)]

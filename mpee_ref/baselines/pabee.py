@@ -115,7 +115,7 @@ class PABEE(EveryLayerModel):
         """Real exits: a sample leaves once its prediction has been unchanged for ``patience`` layers.
         The recorded signal is the counter :math:`cnt_i`."""
         t = self.config.patience if patience is None else patience
-        pabee_should_exit(torch.zeros(1, dtype=torch.long), t)                      # validates t
+        pabee_should_exit(torch.zeros(1, dtype=torch.long, device="cpu"), t)                 # validates t
 
         def rule(l: int, logits: Tensor, state: dict[str, Tensor]):
             pred = logits.argmax(dim=-1)                                            # (B_a,)
