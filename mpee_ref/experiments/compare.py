@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -378,6 +379,10 @@ def run(args: argparse.Namespace) -> int:
     check_cli_numbers(a.threads, batch_size=a.batch_size)
     if a.threads:
         torch.set_num_threads(a.threads)
-    result = run_comparison(a)
+    try:
+        result = run_comparison(a)
+    except KeyboardInterrupt as e:          # Ctrl-C / SIGTERM: the run in progress saved a checkpoint
+        print("compare: interrupted; run the same command again to continue", file=sys.stderr)
+        return 128 + int(getattr(e, "signum", signal.SIGINT))
     print(result.get("table", "no table: the comparison needs 'plain' and at least one other method"))
     return 0
