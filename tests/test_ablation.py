@@ -90,8 +90,8 @@ def test_inference_only_table3_all_token_attention(setup):
     all_model = load_mpee(setup["mpee"], token_score="all")
     ref = evaluate_model(all_model, setup["dev"], "sst-2", 1, threshold=0.0, r_ee=0.5)
     assert rows[1]["metrics"] == ref["metrics"] and rows[1]["rho"] == pytest.approx(ref["rho"], rel=1e-12)
-    a = run_inference(model, data, 5, threshold=0.0, r_ee=0.5)
-    b = run_inference(all_model, data, 5, threshold=0.0, r_ee=0.5)
+    a = run_inference(model, data, 5, threshold=0.0, r_ee=0.5, trace=True)
+    b = run_inference(all_model, data, 5, threshold=0.0, r_ee=0.5, trace=True)
     assert sum(x.layers[0].positions != y.layers[0].positions for x, y in zip(a, b)) >= 3   # other tokens kept
     assert model.mpee_config.token_score == "class"                                     # restored after the rows
     with pytest.raises(ValueError, match="table"):

@@ -185,7 +185,7 @@ def test_final_classifier_path_and_its_flops():
     model = make_model(MPEEConfig.authors(C, L, pad_to=None)).eval()
     inp = batch((20, 14, 9))
     with torch.no_grad():
-        res = model.infer(inp, layer_exit=False)
+        res = model.infer(inp, layer_exit=False, trace=True)
         train = model(**inp)                         # eval mode: the same final logits
     probs = torch.softmax(train.final_logits, dim=-1)
     for b, s in enumerate(res.samples):

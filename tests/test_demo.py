@@ -68,3 +68,20 @@ def test_demo_damaged_task_json_is_one_clear_error(tmp_path, capsys):
         assert main(["demo", "x", "--model", str(folder), "--threads", "1"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "task.json" in err and what in err
+
+
+def test_demo_device_flag_moves_the_model_and_the_encoded_texts(monkeypatch, capsys):
+    from mpee_ref.mpee import MPEEModel
+    seen = []
+
+    def spy(self, input_ids, attention_mask, token_type_ids):
+        seen.append(({t.device.type for t in (input_ids, attention_mask, token_type_ids)},
+                     {p.device.type for p in self.parameters()}))
+        raise ValueError("stop here")                      # a meta tensor has no values to classify
+
+    monkeypatch.setattr(MPEEModel, "_check", spy)
+    assert main(["demo", "x", "--device", "meta", "--threads", "1"]) == 2
+    assert seen == [({"meta"}, {"meta"})]
+    capsys.readouterr()
+    assert main(["demo", "x", "--device", "nonsense"]) == 2
+    assert "--device: 'nonsense' is not a torch device" in capsys.readouterr().err

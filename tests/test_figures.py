@@ -13,7 +13,7 @@ from mpee_ref.__main__ import main
 from mpee_ref.data import read_glue
 from mpee_ref.experiments import encode_examples, evaluate_encoded, run_inference
 from mpee_ref.experiments.figures import (choose_fig4_point, fig1_token_similarity, fig3_curves,
-                                          fig4_exit_distribution, fig5_token_select, have_matplotlib,
+                                          fig4_exit_distribution, fig5_token_select, have_matplotlib, kept_input_tokens,
                                           mean_pairwise_cosine, plot_fig1, plot_fig3, plot_fig4, plot_fig5)
 from mpee_ref.mpee import load_mpee
 from test_train import make_tiny_encoder, make_tiny_sst2, one_thread  # noqa: F401 (autouse fixture)
@@ -109,14 +109,34 @@ def test_fig5_top_and_bottom_keep_different_tokens_of_the_same_count(setup):
     # R_ee = 0.5: the same number of tokens per layer, but not the same tokens
     assert res["top"][1]["mean_tokens_per_layer"] == res["bottom"][1]["mean_tokens_per_layer"]
     assert res["kept_overlap"][1] < 0.9
-    top = run_inference(model, data, 4, r_ee=0.5, layer_exit=False, token_select="top")
-    bottom = run_inference(model, data, 4, r_ee=0.5, layer_exit=False, token_select="bottom")
+    top = run_inference(model, data, 4, r_ee=0.5, layer_exit=False, token_select="top", trace=True)
+    bottom = run_inference(model, data, 4, r_ee=0.5, layer_exit=False, token_select="bottom", trace=True)
     assert all(s.exit_layer == 3 for s in top + bottom)     # layer_exit=False: only the token choice differs
     differ = [a.layers[1].positions != b.layers[1].positions for a, b in zip(top, bottom)]
     assert sum(differ) >= 8
     ref = evaluate_encoded(model, data, "sst-2", 1, r_ee=0.5, layer_exit=False, token_select="bottom").summary
     assert res["bottom"][1]["rho"] == pytest.approx(ref["rho"], rel=1e-12)
     assert res["bottom"][1]["metrics"] == ref["metrics"]
+
+
+def test_fig5_overlap_counts_input_tokens_only(setup):
+    """Every EE-fusion token (code -l, made at layer l) is left out of kept_overlap, not only layer 1's."""
+    model, data = setup["model"], setup["data"]
+    res = fig5_token_select(model, data, "sst-2", [0.5], batch_size=4)
+    last = {sel: [s.layers[-1].positions for s in run_inference(model, data, 4, r_ee=0.5, layer_exit=False,
+                                                                 token_select=sel, trace=True)]
+            for sel in ("top", "bottom")}
+    assert any(p < -1 for pos in last["top"] for p in pos)        # fusion tokens of layers 2, 3 reach the end
+
+    def mean_overlap(kept):
+        pairs = list(zip(kept(last["top"]), kept(last["bottom"])))
+        return sum(len(a & b) / len(a | b) for a, b in pairs) / len(pairs)
+
+    expected = mean_overlap(lambda rows: [{p for p in pos if p >= 0} for pos in rows])
+    assert res["kept_overlap"] == [pytest.approx(expected, abs=1e-15)]
+    # what the old rule (leave out layer 1's fusion token only) gives here: not the same number
+    assert mean_overlap(lambda rows: [set(pos) - {-1} for pos in rows]) != pytest.approx(expected, abs=1e-3)
+    assert kept_input_tokens((0, 3, -1, 5, -3)) == {0, 3, 5}
 
 
 # ----------------------------------------------------------------------------- plots

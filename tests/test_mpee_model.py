@@ -67,7 +67,7 @@ def test_nothing_exiting_reproduces_plain_bert_classifier():
     """R_ee = 0, a never-firing F and λ = 1: MPEE is exactly BERT + the last layer's classifier."""
     model = make_model(r_ee=0.0, threshold=0.0, lam=1.0)
     x = batch()
-    out = model.infer(x)
+    out = model.infer(x, trace=True)
     ref = encoder_head_probs(model, x, L)                                   # (B, C)
     got = torch.tensor([s.probabilities for s in out.samples], dtype=torch.float64)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
@@ -99,11 +99,11 @@ def _strip(s):
 def test_batched_equals_one_at_a_time():
     x = batch()
     threshold = 0.2                          # with these weights: samples exit at layers 5, 2, 2, 5
-    together = MODEL.infer(x, threshold=threshold).samples
+    together = MODEL.infer(x, threshold=threshold, trace=True).samples
     assert len({s.exit_layer for s in together}) > 1, "the test needs samples exiting at different layers"
     assert any(sum(bool(t.fused_positions) for t in s.layers) >= 2 for s in together), "and pruning twice"
     for b, n in enumerate((13, 9, 5, 11)):
-        alone = MODEL.infer({k: v[b:b + 1, :n] for k, v in x.items()}, threshold=threshold).samples[0]
+        alone = MODEL.infer({k: v[b:b + 1, :n] for k, v in x.items()}, threshold=threshold, trace=True).samples[0]
         assert _strip(alone) == _strip(together[b])
         torch.testing.assert_close(torch.tensor(alone.probabilities), torch.tensor(together[b].probabilities),
                                    rtol=0, atol=1e-12)
@@ -114,7 +114,7 @@ def test_batched_equals_one_at_a_time():
 def test_padding_changes_nothing():
     x = batch()
     padded = {k: torch.cat([v, torch.zeros(v.shape[0], 7, dtype=v.dtype)], 1) for k, v in x.items()}
-    a, b = MODEL.infer(x).samples, MODEL.infer(padded).samples
+    a, b = MODEL.infer(x, trace=True).samples, MODEL.infer(padded, trace=True).samples
     assert [_strip(s) for s in a] == [_strip(s) for s in b]
     ta, tb = MODEL(**x), MODEL(**padded)
     torch.testing.assert_close(ta.memories, tb.memories, rtol=0, atol=1e-12)
@@ -123,7 +123,7 @@ def test_padding_changes_nothing():
 # ----------------------------------------------------------------------------- token exits
 def test_pruning_layers_keep_ceil_n_times_one_minus_r_and_fuse_the_rest():
     model = make_model(r_ee=0.3, threshold=0.0)
-    s = model.infer(batch(lengths=(13,))).samples[0]
+    s = model.infer(batch(lengths=(13,)), trace=True).samples[0]
     n_ffn = s.tokens_per_layer
     # layer 2: N = 12 non-CLS tokens -> m = ceil(12 * 0.7) = 9 kept, 3 fused into one token: 1 + 9 + 1 = 11
     assert n_ffn[0] == 13 and n_ffn[1] == 11
@@ -145,7 +145,7 @@ def test_ablation_switches():
     assert all(t.n_ffn == t.n_att == len(s.input_ids) for s in no_token for t in s.layers)
     no_layer = MODEL.infer(x, layer_exit=False, threshold=10.0).samples
     assert all(s.exit_layer == L for s in no_layer)
-    drop = MODEL.infer(x, fusion="drop", threshold=0.0).samples
+    drop = MODEL.infer(x, fusion="drop", threshold=0.0, trace=True).samples
     assert all(p >= 0 for s in drop for t in s.layers for p in t.positions)
     assert drop[0].tokens_per_layer[1] == 1 + math.ceil(12 * 0.7)            # no fused token appended
     with pytest.raises(ValueError, match="num_labels"):
@@ -168,8 +168,8 @@ def test_raising_threshold_never_exits_later(f1, f2):
 @given(st.floats(0.0, 1.0), st.floats(0.0, 1.0))
 def test_flops_never_increase_with_r_ee_without_layer_exit(r1, r2):
     lo, hi = sorted((r1, r2))
-    a = MODEL.infer(batch(), r_ee=lo, layer_exit=False).samples
-    b = MODEL.infer(batch(), r_ee=hi, layer_exit=False).samples
+    a = MODEL.infer(batch(), r_ee=lo, layer_exit=False, trace=True).samples
+    b = MODEL.infer(batch(), r_ee=hi, layer_exit=False, trace=True).samples
     for s_lo, s_hi in zip(a, b):
         assert all(t_hi.n_ffn <= t_lo.n_ffn for t_lo, t_hi in zip(s_lo.layers, s_hi.layers))
         # Fusing a single token (p = 1) replaces it by α h: it costs 2D FLOPs and removes nothing, so
@@ -215,7 +215,7 @@ def test_flop_counter_matches_the_accounting_on_the_real_inference():
     x = batch(lengths=(13,))
     for threshold in (0.0, 0.2):                       # exits at layer 5, then at layer 2
         with FlopCounterMode(display=False) as counter:
-            s = MODEL.infer(x, threshold=threshold).samples[0]
+            s = MODEL.infer(x, threshold=threshold, trace=True).samples[0]
         fused_layers = [t for t in s.layers if t.fused_positions]
         expected = (s.flops.executed
                     - sum(2 * len(t.fused_positions) * BERT.hidden_size for t in fused_layers)
@@ -226,8 +226,8 @@ def test_flop_counter_matches_the_accounting_on_the_real_inference():
 def test_bottom_selection_keeps_the_lowest_scores():
     """Fig. 5's control: token_select="bottom" keeps the m lowest-memory tokens instead of the m highest."""
     x = batch(lengths=(13,))
-    top = MODEL.infer(x, threshold=0.0).samples[0].layers[1]
-    bottom = MODEL.infer(x, threshold=0.0, token_select="bottom").samples[0].layers[1]
+    top = MODEL.infer(x, threshold=0.0, trace=True).samples[0].layers[1]
+    bottom = MODEL.infer(x, threshold=0.0, token_select="bottom", trace=True).samples[0].layers[1]
     assert len(top.positions) == len(bottom.positions) == 11                # same m = 9, + [CLS] + fused
     assert set(top.positions[1:-1]) != set(bottom.positions[1:-1])
     # what "top" fuses (its 3 lowest) is kept by "bottom", whose 9 lowest include them
@@ -238,8 +238,8 @@ def test_token_score_override_is_used_per_call():
     """Table 3's all-token attention, switched per call, changes which tokens are kept (and equals a
     model configured with it)."""
     x = batch(lengths=(13,))
-    cls_ = MODEL.infer(x, threshold=0.0).samples[0]
-    all_ = MODEL.infer(x, threshold=0.0, token_score="all").samples[0]
-    configured = make_model(token_score="all").infer(x, threshold=0.0).samples[0]
+    cls_ = MODEL.infer(x, threshold=0.0, trace=True).samples[0]
+    all_ = MODEL.infer(x, threshold=0.0, token_score="all", trace=True).samples[0]
+    configured = make_model(token_score="all").infer(x, threshold=0.0, trace=True).samples[0]
     assert _strip(all_) == _strip(configured)
     assert [t.positions for t in cls_.layers] != [t.positions for t in all_.layers]

@@ -120,7 +120,7 @@ def test_port_matches_torch_mpee_on_minilm(minilm_dir, tmp_path):
     margin, threshold = max(candidates)
     assert margin > 1e-5, ents          # entropies of the fp32 port differ by ~1e-6
 
-    ref = model.infer(batch, threshold=threshold).samples
+    ref = model.infer(batch, threshold=threshold, trace=True).samples
     got = port.infer(ids, mask, tt, threshold=threshold)
     assert min(s.exit_layer for s in ref) < 6 and len({s.exit_layer for s in ref}) > 1
     assert any(len(t.fused_positions) > 0 for s in ref for t in s.layers)

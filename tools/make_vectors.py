@@ -344,9 +344,9 @@ def _capture_one(model, ids, tt, threshold: float | None = None) -> dict[str, An
     orig_step = model._attention_step
 
     def step(*args, **kw):
-        z, mask, att_mem, res = orig_step(*args, **kw)
-        cap["att_mem"].append(None if att_mem is None else att_mem[0].clone())
-        return z, mask, att_mem, res
+        out = orig_step(*args, **kw)
+        cap["att_mem"].append(None if out.a_m is None else out.a_m[0].clone())
+        return out
 
     model._attention_step = step
     hooks = [layer.register_forward_hook(lambda m, i, o: cap["logits"].append(o[0].clone())) for layer in model.exits]
@@ -357,7 +357,7 @@ def _capture_one(model, ids, tt, threshold: float | None = None) -> dict[str, An
         layer.ffn_sublayer = (lambda f: lambda z: (lambda h: (cap["hidden"].append(h[0].clone()), h)[1])(f(z)))(f)
     try:
         res = model.infer({"input_ids": ids[None], "attention_mask": torch.ones_like(ids)[None],
-                           "token_type_ids": tt[None]}, threshold=threshold).samples[0]
+                           "token_type_ids": tt[None]}, threshold=threshold, trace=True).samples[0]
     finally:
         del model._attention_step
         for layer, _ in origs:
@@ -372,7 +372,7 @@ def c_e2e_infer(t, a):
     model = e2e_model(t, a)
     ids, mask, tt = t["input_ids"], t["attention_mask"], t["token_type_ids"]
     out: dict[str, Any] = {}
-    batched = model.infer({"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}).samples
+    batched = model.infer({"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}, trace=True).samples
     for b in range(ids.shape[0]):
         n = int(mask[b].sum())
         one = _capture_one(model, ids[b, :n], tt[b, :n])
@@ -432,8 +432,9 @@ def c_e2e_padded(t, a):
     exit_layer = torch.zeros(ids.shape[0], dtype=torch.int64)                      # 0 = still running
     prediction = torch.zeros(ids.shape[0], dtype=torch.int64)
     for l in range(1, L + 1):
-        z, mask, att_mem, res = model._attention_step(l, cfg, h, mask, att_mem, n_base, prune_at)
-        h = model.bert.layers[l - 1].ffn_sublayer(z)                               # (B, T_l, D)
+        step = model._attention_step(l, cfg, h, mask, att_mem, n_base, prune_at)
+        mask, att_mem, res = step.mask, step.a_m, step.pruned
+        h = model.bert.layers[l - 1].ffn_sublayer(step.z_tilde)                    # (B, T_l, D)
         cls_mem = eq10_classifier_memory(cls_mem, model.exits[l - 1](h[:, 0]), cfg.effective_lam)   # (B, C)
         ent = exit_entropy(cls_mem)                                                # (B,)
         leave = should_exit(ent, cfg.threshold) | (l == L)                         # (B,)

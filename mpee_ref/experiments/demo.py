@@ -15,6 +15,9 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
+from ..mpee.model import fused_layer, is_fused
 from .options import check_cli_numbers
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "weights" / "mpee-minilm-sst2"
@@ -37,6 +40,7 @@ def add_parser(subparsers) -> None:
                    help="entropy threshold F in nats (default: the model's)")
     p.add_argument("--r-ee", type=float, default=None, help="token exit ratio R_ee (default: the model's)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cuda or cuda:1 (default: %(default)s)")
 
 
 def _label_names(folder: Path, num_labels: int) -> list[str]:
@@ -54,8 +58,13 @@ def _label_names(folder: Path, num_labels: int) -> list[str]:
     return [f"class {c}" for c in range(num_labels)]
 
 
+def _token(tokens: list[str], code: int) -> str:
+    """A trace position code as text: the word, or ``<fused@l>`` for the fusion token made at layer l."""
+    return f"<fused@{fused_layer(code)}>" if is_fused(code) else tokens[code]
+
+
 def _words(tokens: list[str], positions, limit: int = 28) -> str:
-    shown = [(f"<fused@{-p}>" if p < 0 else tokens[p]) for p in positions]
+    shown = [_token(tokens, p) for p in positions]
     return " ".join(shown[:limit]) + (f" … (+{len(shown) - limit})" if len(shown) > limit else "")
 
 
@@ -66,7 +75,7 @@ def trace_text(model, text: str, threshold: float | None, r_ee: float | None) ->
     cfg = model.mpee_config
     F = cfg.threshold if threshold is None else threshold
     start = time.perf_counter()
-    s = model.infer([text], threshold=threshold, r_ee=r_ee).samples[0]
+    s = model.infer([text], threshold=threshold, r_ee=r_ee, trace=True).samples[0]
     ms = 1000 * (time.perf_counter() - start)
     tokens = model.tokenizer.decode_tokens(list(s.input_ids))
     names = _label_names(Path(getattr(model, "source_folder", DEFAULT_MODEL)), cfg.num_labels)
@@ -77,8 +86,7 @@ def trace_text(model, text: str, threshold: float | None, r_ee: float | None) ->
         out.append(f"  {t.layer:>5} {t.n_att:>4}→{t.n_ffn:<4} {t.entropy:>8.3f}  "
                    f"{'<' if t.entropy < F else '≥'} F        {decision}")
         if t.fused_positions:
-            fused = ", ".join(f"{f'<fused@{-p}>' if p < 0 else tokens[p]} ({w:.3f})"
-                              for p, w in zip(t.fused_positions, t.fused_weights))
+            fused = ", ".join(f"{_token(tokens, p)} ({w:.3f})" for p, w in zip(t.fused_positions, t.fused_weights))
             verb = "dropped" if model.mpee_config.fusion == "drop" else f"fused into <fused@{t.layer}> (α)"
             out.append(f"        {verb}: {fused}")
             out.append(f"        kept: {_words(tokens, t.positions)}")
@@ -90,6 +98,16 @@ def trace_text(model, text: str, threshold: float | None, r_ee: float | None) ->
     return "\n".join(out)
 
 
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device: {name!r} is not a torch device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {name!r} asked for, but no CUDA device is available here")
+    return device
+
+
 def run(args: argparse.Namespace) -> int:
     from ..mpee import load_mpee
 
@@ -98,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if not (folder / "mpee_config.json").exists():
         raise FileNotFoundError(f"{folder}: not an MPEE model folder (no mpee_config.json); train one with "
                                 f"`python -m mpee_ref train` or pass --model")
-    model = load_mpee(folder)
+    model = load_mpee(folder).to(_device(args.device))       # infer() puts the encoded texts on the model's device
     model.source_folder = folder
     cfg = model.mpee_config
     prune = cfg.prune_layer_set(model.bert_config.num_hidden_layers)

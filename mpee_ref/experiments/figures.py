@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 
 from ..mpee import MPEEModel
+from ..mpee.model import is_fused
 from .batching import EncodedDataset, collate
-from .evaluate import evaluate_encoded
+from .evaluate import run_inference, summarize
 
 
 def have_matplotlib() -> bool:
@@ -121,6 +122,12 @@ def fig4_exit_distribution(point: Mapping[str, Any], num_layers: int) -> list[in
 
 
 # ============================================================================ Fig. 5
+def kept_input_tokens(positions: Sequence[int]) -> set[int]:
+    """The input tokens among a trace's position codes (:func:`~mpee_ref.mpee.model.is_fused` codes,
+    the EE-fusion tokens of any layer, left out)."""
+    return {p for p in positions if not is_fused(p)}
+
+
 def fig5_token_select(model: MPEEModel, data: EncodedDataset, task: str, r_ees: Sequence[float],
                       batch_size: int = 32, max_seq_length: int = 128) -> dict[str, Any]:
     """Top-m vs bottom-m class-attention tokens kept, per R_ee, with ``layer_exit=False``.
@@ -128,16 +135,18 @@ def fig5_token_select(model: MPEEModel, data: EncodedDataset, task: str, r_ees: 
     Returns ``{"r_ee": [...], "top": [result...], "bottom": [result...], "kept_overlap": [...]}``, where
     each result holds ``metrics``, ``rho`` and ``mean_tokens_per_layer``, and ``kept_overlap`` is, per
     R_ee, the mean over samples of |kept_top ∩ kept_bottom| / |kept_top ∪ kept_bottom| of the input
-    positions after the last layer (1.0 means the two settings kept the same tokens).
+    tokens left after the last layer (fusion tokens are not input tokens; 1.0 means the two settings
+    kept the same tokens).
     """
     out: dict[str, Any] = {"r_ee": [float(r) for r in r_ees], "top": [], "bottom": [], "kept_overlap": []}
     for r in r_ees:
         kept: dict[str, list[set[int]]] = {}
         for select in ("top", "bottom"):
-            ev = evaluate_encoded(model, data, task, batch_size, max_seq_length, "ours",
-                                  r_ee=float(r), layer_exit=False, token_select=select)
-            kept[select] = [set(s.layers[-1].positions) - {-1} for s in ev.samples]
-            out[select].append({k: ev.summary[k] for k in ("metrics", "rho", "mean_tokens_per_layer")})
+            overrides = {"r_ee": float(r), "layer_exit": False, "token_select": select}
+            samples = run_inference(model, data, batch_size, trace=True, **overrides)
+            res = summarize(samples, data.labels, task, model, max_seq_length, "ours", **overrides)
+            kept[select] = [kept_input_tokens(s.layers[-1].positions) for s in samples]
+            out[select].append({k: res[k] for k in ("metrics", "rho", "mean_tokens_per_layer")})
         overlap = [len(a & b) / len(a | b) for a, b in zip(kept["top"], kept["bottom"])]
         out["kept_overlap"].append(sum(overlap) / len(overlap))
     return out

@@ -30,7 +30,7 @@ Two entry points:
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -43,13 +43,32 @@ from ..flops import SampleFlops, eq15_speedup, sample_flops
 from ..layer_exit import ExitHead, eq10_classifier_memory, eq10_probabilities, exit_entropy, should_exit
 from ..layer_exit.equations import eq09_pooled_exit_logits
 from ..losses import LossTerms, WeightedTeacher, mpee_loss
-from ..token_exit import (all_token_attention, eq05_class_attention, eq06_attention_memory, eq07_num_kept,
-                          padded_widths, prune_tokens)
+from ..token_exit import (PruneResult, all_token_attention, eq05_class_attention, eq06_attention_memory,
+                          eq07_num_kept, padded_widths, prune_tokens)
+from ..token_exit.equations import SOURCE_FUSED
 from .config import PARAMETER_FIELDS, MPEEConfig
 
-#: Position codes in traces: real tokens have their input position ([CLS] is 0); the EE-fusion token
-#: created at layer l is -l (so a fusion token kept from an earlier layer stays distinguishable).
-_PAD = -(2 ** 31)                        # internal code of a padding slot (never in a trace)
+# ============================================================================ position codes
+#: One scheme for every token's identity in a trace (:class:`LayerTrace`, Fig. 5, the demo): a real token
+#: carries its input position (>= 0, [CLS] is 0); the EE-fusion token made at layer l carries
+#: ``fused_code(l) = -l`` (so a fusion token kept from an earlier layer stays distinguishable);
+#: ``PAD_CODE`` marks a padding slot inside the model and never appears in a trace.
+PAD_CODE = -(2 ** 31)
+
+
+def fused_code(layer: int) -> int:
+    """The position code of the EE-fusion token made at 1-based ``layer``."""
+    return -layer
+
+
+def is_fused(code: int) -> bool:
+    """Whether a trace position code is an EE-fusion token (not an input token)."""
+    return PAD_CODE < code < 0
+
+
+def fused_layer(code: int) -> int:
+    """The layer that made the EE-fusion token with this position code."""
+    return -code
 
 
 # ============================================================================ typed outputs
@@ -77,28 +96,30 @@ class TrainOutput:
 class LayerTrace:
     """One executed layer of one sample.
 
+    The counts, the entropy and the decision are always there; which tokens were kept and fused only
+    with ``infer(..., trace=True)`` (None otherwise), so that evaluation does not pay for them.
+
     Attributes:
         layer: 1-based layer number l.
         n_att: tokens entering MHSA ([CLS], real tokens, a fused token if any).
         n_ffn: tokens entering the FFN (after Eq. 8 on pruning layers; else n_att).
-        positions: input positions of the tokens in h^l (0 = [CLS]; -k = the EE-fusion token made at
-            layer k).
-        fused_positions: position codes of the tokens fused into this layer's new fusion token (a
-            negative code: an earlier fusion token fused again); with ``fusion="drop"`` the dropped
-            tokens. Empty where the layer does not prune.
-        fused_weights: α_i of those tokens (Eq. 8), same order.
         entropy: entropy (nats) of softmax(C_zm^l), the quantity compared with F.
         exited: whether the sample left the model after this layer.
+        positions: position codes of the tokens in h^l (see :func:`is_fused`).
+        fused_positions: position codes of the tokens fused into this layer's new fusion token (an
+            earlier fusion token can be fused again); with ``fusion="drop"`` the dropped tokens.
+            Empty where the layer does not prune.
+        fused_weights: α_i of those tokens (Eq. 8), same order.
     """
 
     layer: int
     n_att: int
     n_ffn: int
-    positions: tuple[int, ...]
-    fused_positions: tuple[int, ...]
-    fused_weights: tuple[float, ...]
     entropy: float
     exited: bool
+    positions: tuple[int, ...] | None = None
+    fused_positions: tuple[int, ...] | None = None
+    fused_weights: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +130,7 @@ class SampleResult:
         prediction: argmax of softmax(C_zm) at the exit layer.
         probabilities: softmax(C_zm) at the exit layer (Eq. 10's ŷ), length C.
         exit_layer: 1-based layer after which the sample exited.
-        layers: one :class:`LayerTrace` per executed layer.
+        layers: one :class:`LayerTrace` per executed layer (token detail only with ``trace=True``).
         flops: executed and full-model FLOPs of this input (Eq. 15).
         input_ids: the input's real token ids (padding removed); index with ``positions``.
     """
@@ -149,6 +170,134 @@ class InferenceOutput:
     def rho(self) -> float:
         """Eq. 15 speed-up over these samples: Σ full FLOPs / Σ executed FLOPs."""
         return eq15_speedup([s.flops.full for s in self.samples], [s.flops.executed for s in self.samples])
+
+
+# ============================================================================ inference state
+@dataclass(frozen=True)
+class AttentionStep:
+    """What layer l's attention half returns (:meth:`MPEEModel._attention_step`).
+
+    Attributes:
+        z_tilde: ``(B, T', D)`` Z̃_l, the MHSA sub-layer output, after Eq. 8 on a pruning layer.
+        mask: ``(B, T')`` 1 real / 0 padding, for ``z_tilde``.
+        a_m: ``(B, T'-1)`` the attention memory A_m^l (Eq. 6), aligned with ``z_tilde[:, 1:]``;
+            None with token exit off.
+        pruned: Eqs. 7-8's :class:`~mpee_ref.token_exit.PruneResult` where tokens were pruned, else None.
+    """
+
+    z_tilde: Tensor
+    mask: Tensor
+    a_m: Tensor | None
+    pruned: PruneResult | None
+
+
+@dataclass(frozen=True)
+class _ActiveBatch:
+    """The samples still running during :meth:`MPEEModel.infer` (B_a of the B inputs).
+
+    Attributes:
+        index: ``(B_a,)`` each row's input index.
+        h: ``(B_a, T, D)`` the hidden states entering the next layer, right-padded.
+        mask: ``(B_a, T)`` 1 real / 0 padding.
+        lengths: ``(B_a,)`` real tokens per row (``mask.sum(1)``).
+        n_base: ``(B_a,)`` non-CLS input length (Eq. 7's N with ``ratio_base="original"``).
+        a_m: ``(B_a, T-1)`` attention memory A_m (Eq. 6) or None.
+        c_zm: ``(B_a, C)`` classifier memory C_zm (Eq. 10) or None before layer 1.
+        positions: ``(B_a, T)`` position codes (``PAD_CODE`` at padding); only with ``trace=True``.
+    """
+
+    index: Tensor
+    h: Tensor
+    mask: Tensor
+    lengths: Tensor
+    n_base: Tensor
+    a_m: Tensor | None = None
+    c_zm: Tensor | None = None
+    positions: Tensor | None = None
+
+    def keep(self, rows: Tensor) -> "_ActiveBatch":
+        """Only the rows where ``rows`` ``(B_a,)`` is True (the others exited), trimmed."""
+        pick = {f.name: getattr(self, f.name) for f in fields(self)}
+        return _ActiveBatch(**{k: None if v is None else v[rows] for k, v in pick.items()}).trim()
+
+    def trim(self) -> "_ActiveBatch":
+        """The padded width cut to the longest remaining row."""
+        w = int(self.lengths.max())
+        return replace(self, h=self.h[:, :w], mask=self.mask[:, :w],
+                       a_m=None if self.a_m is None else self.a_m[:, :w - 1],
+                       positions=None if self.positions is None else self.positions[:, :w])
+
+
+class _LayerLog:
+    """Per-layer counts of the rows that ran each layer, kept as tensors and read back once at the end,
+    the exits (layer and softmax(C_zm) per input), and, with ``trace=True``, which tokens each layer kept."""
+
+    def __init__(self, batch_size: int, device: torch.device, trace: bool):
+        self.rows: list[tuple[int, Tensor, Tensor, Tensor, Tensor | None, Tensor]] = []
+        self.exit_layer = torch.zeros(batch_size, dtype=torch.long, device=device)       # (B,)
+        self.final_used = torch.zeros(batch_size, dtype=torch.bool, device=device)       # (B,)
+        self.probabilities: Tensor | None = None                                          # (B, C)
+        self.tokens: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]] | None = \
+            {} if trace else None                                        # (input, layer) -> token detail
+
+    def layer(self, l: int, index: Tensor, n_att: Tensor, n_ffn: Tensor, n_fused: Tensor | None,
+              entropy: Tensor) -> None:
+        """Layer l ran for the rows ``index`` ``(B_a,)``: tokens at MHSA / FFN, tokens fused, entropy."""
+        self.rows.append((l, index, n_att, n_ffn, n_fused, entropy))
+
+    def exit(self, l: int, index: Tensor, probabilities: Tensor, final_used: Tensor | None = None) -> None:
+        """The rows ``index`` leave after layer l with ``probabilities`` ``(n, C)``."""
+        if self.probabilities is None:
+            self.probabilities = probabilities.new_zeros(self.exit_layer.shape[0], probabilities.shape[1])
+        self.exit_layer[index] = l
+        self.probabilities[index] = probabilities
+        if final_used is not None:
+            self.final_used[index] = final_used
+
+    def trace(self, l: int, index: Tensor, before: Tensor, after: Tensor, pruned: PruneResult | None) -> None:
+        """Token detail of layer l (``trace=True``): the codes in h^l, the codes fused (or dropped), their α.
+        ``before`` ``(B_a, T)`` / ``after`` ``(B_a, T')`` are the position codes around Eq. 8."""
+        for i, b in enumerate(index.tolist()):
+            kept = tuple(p for p in after[i].tolist() if p != PAD_CODE)
+            fused: tuple[int, ...] = ()
+            alpha: tuple[float, ...] = ()
+            if pruned is not None:
+                sel = pruned.fused[i]                                                    # (N,) bool
+                fused, alpha = tuple(before[i, 1:][sel].tolist()), tuple(pruned.alpha[i][sel].tolist())
+            self.tokens[(b, l)] = (kept, fused, alpha)
+
+    def token_detail(self, b: int, l: int) -> dict[str, tuple]:
+        """The :class:`LayerTrace` token fields of input b at layer l ({} without ``trace``)."""
+        if self.tokens is None:
+            return {}
+        kept, fused, alpha = self.tokens[(b, l)]
+        return {"positions": kept, "fused_positions": fused, "fused_weights": alpha}
+
+    def per_input(self) -> list[list[tuple[int, int, int, int, float]]]:
+        """Per input, its executed layers as (layer, n_att, n_ffn, n_fused, entropy), in layer order."""
+        layers = [l for l, index, *_ in self.rows for _ in range(index.shape[0])]
+        index, n_att, n_ffn = (torch.cat([r[k] for r in self.rows]).tolist() for k in (1, 2, 3))
+        n_fused = torch.cat([r[1].new_zeros(r[1].shape) if r[4] is None else r[4] for r in self.rows]).tolist()
+        entropy = torch.cat([r[5] for r in self.rows]).tolist()
+        out: list[list[tuple[int, int, int, int, float]]] = [[] for _ in range(self.exit_layer.shape[0])]
+        for row in zip(index, layers, n_att, n_ffn, n_fused, entropy):
+            out[row[0]].append(row[1:])
+        return out
+
+
+def _input_positions(mask: Tensor) -> Tensor:
+    """``(B, T)`` position codes of the input: 0..T-1 at real tokens, ``PAD_CODE`` at padding."""
+    slots = torch.arange(mask.shape[1], device=mask.device)[None, :].expand_as(mask)   # (B, T)
+    return torch.where(mask.bool(), slots, torch.full_like(slots, PAD_CODE))
+
+
+def _carry_positions(positions: Tensor, source_index: Tensor, l: int) -> Tensor:
+    """Position codes after Eq. 8 at layer l: a kept token keeps its code, the new fusion token gets
+    ``fused_code(l)``, padding ``PAD_CODE``. ``(B, T)``, ``(B, T'-1)`` -> ``(B, T')``."""
+    moved = positions[:, 1:].gather(1, source_index.clamp(min=0))                        # (B, T'-1)
+    new = torch.where(source_index == SOURCE_FUSED, torch.full_like(moved, fused_code(l)),
+                      torch.full_like(moved, PAD_CODE))                                  # (B, T'-1)
+    return torch.cat([positions[:, :1], torch.where(source_index >= 0, moved, new)], dim=1)
 
 
 # ============================================================================ the model
@@ -210,28 +359,32 @@ class MPEEModel(nn.Module):
             return eq05_class_attention(probs, mask)
         return all_token_attention(probs, mask)
 
-    def _attention_step(self, l: int, cfg: MPEEConfig, h: Tensor, mask: Tensor, att_mem: Tensor | None,
-                        n_base: Tensor, prune_at: tuple[int, ...]):
-        """Layer l's attention sub-layer, Eq. 5-6 memory update and, on pruning layers, Eqs. 7-8.
+    def _pruning_layers(self, cfg: MPEEConfig) -> tuple[int, ...]:
+        """The layers where Eqs. 7-8 run: ``cfg.prune_layer_set``, or none where R_ee keeps every token
+        (m = N) and nothing would be reordered either (``memory_alignment="gather"``): then Eq. 8 is the
+        identity and is skipped."""
+        keeps_all = float(cfg.r_ee) == (0.0 if cfg.r_ee_means == "exit" else 1.0)
+        if keeps_all and cfg.memory_alignment == "gather":
+            return ()
+        return cfg.prune_layer_set(self.bert_config.num_hidden_layers)
 
-        Returns (z_tilde (B, T', D), mask (B, T'), att_mem (B, T'-1) or None, PruneResult or None).
-        """
+    def _attention_step(self, l: int, cfg: MPEEConfig, h: Tensor, mask: Tensor, a_m: Tensor | None,
+                        n_base: Tensor, prune_at: tuple[int, ...]) -> AttentionStep:
+        """Layer l's attention sub-layer (Eqs. 1-3), the Eq. 5-6 memory update and, on pruning layers,
+        Eqs. 7-8. ``h`` ``(B, T, D)``, ``mask`` ``(B, T)``, ``a_m`` ``(B, T-1)`` or None, ``n_base`` ``(B,)``."""
         layer = self.bert.layers[l - 1]
-        z, probs = layer.attention_sublayer(h, padding_bias(mask, h.dtype))                                 # (B, T, D), (B, H, T, T)
+        z_tilde, probs = layer.attention_sublayer(h, padding_bias(mask, h.dtype))       # (B, T, D), (B, H, T, T)
         if not cfg.token_exit:
-            return z, mask, None, None
-        a = self._token_scores(cfg, probs, mask)                                          # (B, T-1)
-        att_mem = eq06_attention_memory(att_mem, a, cfg.beta_at(l))                  # (B, T-1)
-        if l not in prune_at:
-            return z, mask, att_mem, None
-        counts = self._prune_counts(cfg, l, n_base)
-        if counts is None:                       # the padded slots prune nothing here (m >= W_l - 1)
-            return z, mask, att_mem, None
+            return AttentionStep(z_tilde, mask, None, None)
+        a_m = eq06_attention_memory(a_m, self._token_scores(cfg, probs, mask), cfg.beta_at(l))   # (B, T-1)
+        counts = self._prune_counts(cfg, l, n_base) if l in prune_at else None
+        if counts is None:                       # not a pruning layer, or the padded slots prune nothing
+            return AttentionStep(z_tilde, mask, a_m, None)
         n_base_l, mean_count = counts
-        res = prune_tokens(z, mask, att_mem, cfg.r_ee, r_ee_means=cfg.r_ee_means, fusion=cfg.fusion,
+        res = prune_tokens(z_tilde, mask, a_m, cfg.r_ee, r_ee_means=cfg.r_ee_means, fusion=cfg.fusion,
                            fused_memory=cfg.fused_memory, select=cfg.token_select, n_base=n_base_l,
                            memory_alignment=cfg.memory_alignment, fused_mean_count=mean_count)
-        return res.hidden, res.attention_mask, res.memory, res                      # (B, T', D) ...
+        return AttentionStep(res.hidden, res.attention_mask, res.memory, res)           # (B, T', D) ...
 
     def _prune_counts(self, cfg: MPEEConfig, l: int, n_base: Tensor) -> tuple[Tensor | None, Tensor | None] | None:
         """Eq. 7's N at pruning layer l: (n_base for prune_tokens, count the fused "mean" divides by).
@@ -289,18 +442,19 @@ class MPEEModel(nn.Module):
         self._refuse_parameter_changes({k: getattr(cfg, k) for k in PARAMETER_FIELDS})
         input_ids, mask, token_type_ids = self._check(input_ids, attention_mask, token_type_ids)
         self._check_pad_to(cfg, mask)
-        prune_at = cfg.prune_layer_set(L)
+        prune_at = self._pruning_layers(cfg)
         n_base = mask.sum(1) - 1                                                     # (B,) non-CLS tokens
-        h = self.bert.embeddings(input_ids, token_type_ids)                          # (B, T, D)
-        att_mem, cls_mem = None, None
+        h = self.bert.embeddings(input_ids, token_type_ids)                          # (B, T, D)   h^0
+        a_m, c_zm = None, None
         logits, memories, tokens = [], [], []
         for l in range(1, L + 1):
-            z, mask, att_mem, _ = self._attention_step(l, cfg, h, mask, att_mem, n_base, prune_at)
-            h = self.bert.layers[l - 1].ffn_sublayer(z)                              # (B, T', D)
-            z_l = self.exits[l - 1](h[:, 0])                                         # (B, C)   Eq. 9
-            cls_mem = eq10_classifier_memory(cls_mem, z_l, cfg.effective_lam)        # (B, C)   Eq. 10
-            logits.append(z_l)
-            memories.append(cls_mem)
+            step = self._attention_step(l, cfg, h, mask, a_m, n_base, prune_at)      # Eqs. 1-8
+            mask, a_m = step.mask, step.a_m                                          # (B, T'), (B, T'-1)
+            h = self.bert.layers[l - 1].ffn_sublayer(step.z_tilde)                   # (B, T', D)  h^l
+            c_z = self.exits[l - 1](h[:, 0])                                         # (B, C)   Eq. 9
+            c_zm = eq10_classifier_memory(c_zm, c_z, cfg.effective_lam)              # (B, C)   Eq. 10
+            logits.append(c_z)
+            memories.append(c_zm)
             tokens.append(mask.sum(1))
         memories_t = torch.stack(memories)                                           # (L, B, C)
         final = self._final_logits(h) if cfg.final_classifier else None              # (B, C)
@@ -323,7 +477,7 @@ class MPEEModel(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
     def infer(self, inputs: Any, *, threshold: float | None = None, r_ee: float | None = None,
-              **overrides: Any) -> InferenceOutput:
+              trace: bool = False, **overrides: Any) -> InferenceOutput:
         """MPEE inference with real early exits.
 
         Args:
@@ -332,6 +486,9 @@ class MPEEModel(nn.Module):
                 list of texts, or a list of (text_a, text_b) pairs (texts need ``self.tokenizer``).
             threshold: F for this call (default: the config's).
             r_ee: R_ee for this call (default: the config's).
+            trace: also record which tokens each layer kept and fused (``LayerTrace.positions``,
+                ``fused_positions``, ``fused_weights``; the demo and Fig. 5 use them). Off by default:
+                it costs Python work per sample and layer.
             overrides: any other :class:`MPEEConfig` field for this call (e.g. ``layer_exit=False``).
         Returns:
             One :class:`SampleResult` per input, in input order.
@@ -340,12 +497,24 @@ class MPEEModel(nn.Module):
             overrides["threshold"] = threshold
         if r_ee is not None:
             overrides["r_ee"] = r_ee
-        self._refuse_parameter_changes(overrides)
-        cfg = replace(self.mpee_config, **overrides) if overrides else self.mpee_config
+        cfg = self._call_config(overrides)
         input_ids, attention_mask, token_type_ids = self._encode(inputs)
         if self.training:
             raise ValueError("infer() needs eval mode: call model.eval() first")
-        return self._infer(cfg, *self._check(input_ids, attention_mask, token_type_ids))
+        return self._infer(cfg, *self._check(input_ids, attention_mask, token_type_ids), trace=trace)
+
+    def _call_config(self, overrides: dict[str, Any]) -> MPEEConfig:
+        """:attr:`mpee_config` with one call's ``overrides`` (the last one is remembered: validating a
+        config costs about as much as a small layer, and a benchmark or a sweep repeats the same call)."""
+        if not overrides:
+            return self.mpee_config
+        key = (self.mpee_config, tuple(sorted(overrides.items())))
+        cached = getattr(self, "_last_call_config", None)
+        if cached is None or cached[0] != key:
+            self._refuse_parameter_changes(overrides)
+            cached = (key, replace(self.mpee_config, **overrides))
+            self._last_call_config = cached
+        return cached[1]
 
     def _encode(self, inputs: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
         if isinstance(inputs, dict):
@@ -369,7 +538,8 @@ class MPEEModel(nn.Module):
             raise ValueError("infer() expects all inputs to be texts, or all to be (text_a, text_b) pairs")
         enc = self.tokenizer(texts, pairs=pairs)
         self._warn_if_truncated(texts, pairs, enc.attention_mask.sum(1))
-        return enc.input_ids, enc.attention_mask, enc.token_type_ids
+        device = self.bert.embeddings.word_embeddings.weight.device                   # texts go to the model
+        return enc.input_ids.to(device), enc.attention_mask.to(device), enc.token_type_ids.to(device)
 
     def _warn_if_truncated(self, texts: list[str], pairs: list[str] | None, lengths: Tensor) -> None:
         """Warn when the tokenizer cut an input at its ``max_length`` (re-encoding only the rows at the limit)."""
@@ -385,89 +555,82 @@ class MPEEModel(nn.Module):
                           f"tokenizer's max_length {limit} tokens; set model.tokenizer.max_length (up to "
                           f"{self.tokenizer.model_max_length}) or pass an encoded batch", stacklevel=3)
 
-    def _infer(self, cfg: MPEEConfig, input_ids: Tensor, mask: Tensor, token_type_ids: Tensor) -> InferenceOutput:
-        L, bc = self.bert_config.num_hidden_layers, self.bert_config
-        B = input_ids.shape[0]
+    def _infer(self, cfg: MPEEConfig, input_ids: Tensor, mask: Tensor, token_type_ids: Tensor, *,
+               trace: bool) -> InferenceOutput:
+        """The per-layer algorithm of the module docstring with real exits: tokens that exit leave the
+        tensors (Eq. 8), samples that exit leave the batch. One host read per layer: does anyone leave?"""
         self._check_pad_to(cfg, mask)
-        final_used = [False] * B
-        prune_at = cfg.prune_layer_set(L)
+        B, L = input_ids.shape[0], self.bert_config.num_hidden_layers
+        prune_at = self._pruning_layers(cfg)
         lengths = mask.sum(1)                                                        # (B,)
-        n_base = lengths - 1                                                         # (B,)
-        h = self.bert.embeddings(input_ids, token_type_ids)                          # (B, T, D)
-        T = input_ids.shape[1]
-        # pos[b, j]: position code of the token in slot j (0 = [CLS], -k = fused at layer k, _PAD = padding)
-        pos = torch.where(mask.bool(), torch.arange(T, device=input_ids.device)[None, :].expand(B, T),
-                          torch.full_like(input_ids, _PAD))
-        active = torch.arange(B, device=input_ids.device)                            # (B_a,) original indices
-        att_mem, cls_mem = None, None
-        traces: list[list[LayerTrace]] = [[] for _ in range(B)]
-        n_fused: list[list[int]] = [[] for _ in range(B)]
-        done: dict[int, tuple[int, tuple[float, ...]]] = {}
+        state: _ActiveBatch | None = _ActiveBatch(
+            index=torch.arange(B, device=input_ids.device), h=self.bert.embeddings(input_ids, token_type_ids),
+            mask=mask, lengths=lengths, n_base=lengths - 1, positions=_input_positions(mask) if trace else None)
+        log = _LayerLog(B, input_ids.device, trace)
         for l in range(1, L + 1):
-            n_att = mask.sum(1).tolist()                                             # per active sample
-            z, mask, att_mem, res = self._attention_step(l, cfg, h, mask, att_mem, n_base, prune_at)
-            fused_pos: list[list[int]] = [[] for _ in active]
-            fused_w: list[list[float]] = [[] for _ in active]
-            if res is not None:
-                old = pos[:, 1:]                                                     # (B_a, T-1)
-                src = res.source_index                                               # (B_a, T'-1)
-                gathered = torch.gather(old, 1, src.clamp(min=0))
-                code = torch.where(src == -1, torch.full_like(src, -l), torch.full_like(src, _PAD))
-                pos = torch.cat([pos[:, :1], torch.where(src >= 0, gathered, code)], dim=1)  # (B_a, T')
-                for i in range(len(active)):
-                    sel = res.fused[i]
-                    fused_pos[i] = old[i][sel].tolist()
-                    fused_w[i] = res.alpha[i][sel].tolist()
-            h = self.bert.layers[l - 1].ffn_sublayer(z)                              # (B_a, T', D)
-            z_l = self.exits[l - 1](h[:, 0])                                         # (B_a, C)   Eq. 9
-            cls_mem = eq10_classifier_memory(cls_mem, z_l, cfg.effective_lam)        # (B_a, C)   Eq. 10
-            ent = exit_entropy(cls_mem)                                              # (B_a,)
-            if l == L:
-                leave = torch.ones_like(ent, dtype=torch.bool)                       # the last layer always exits
-            elif cfg.layer_exit:
-                leave = should_exit(ent, cfg.threshold)                              # (B_a,)
-            else:
-                leave = torch.zeros_like(ent, dtype=torch.bool)
-            n_ffn = mask.sum(1).tolist()
-            probs = eq10_probabilities(cls_mem)                                      # (B_a, C)
-            if l == L and cfg.final_classifier:
-                # authors: head L's memory passed the test -> it predicts; otherwise the final classifier
-                passed = should_exit(ent, cfg.threshold) if cfg.layer_exit else torch.zeros_like(leave)  # (B_a,)
-                probs = torch.where(passed[:, None], probs, torch.softmax(self._final_logits(h), dim=-1))
-                for i, b in enumerate(active.tolist()):
-                    final_used[b] = not bool(passed[i])
-            ent_l, leave_l = ent.tolist(), leave.tolist()
-            for i, b in enumerate(active.tolist()):
-                traces[b].append(LayerTrace(
-                    layer=l, n_att=int(n_att[i]), n_ffn=int(n_ffn[i]),
-                    positions=tuple(p for p in pos[i].tolist() if p != _PAD),
-                    fused_positions=tuple(fused_pos[i]), fused_weights=tuple(fused_w[i]),
-                    entropy=float(ent_l[i]), exited=bool(leave_l[i])))
-                n_fused[b].append(len(fused_pos[i]) if cfg.fusion != "drop" else 0)
-                if leave_l[i]:
-                    done[b] = (l, tuple(probs[i].tolist()))
-            if bool(leave.all()):
+            state, entropy = self._layer(l, cfg, state, prune_at, log)
+            state = self._exit_test(l, cfg, state, entropy, log)
+            if state is None:
                 break
-            # samples that exited leave the batch; the padded width shrinks to the longest remaining one
-            stay = ~leave
-            active, h, mask, pos, cls_mem = active[stay], h[stay], mask[stay], pos[stay], cls_mem[stay]
-            n_base = n_base[stay]
-            if att_mem is not None:
-                att_mem = att_mem[stay]
-            width = int(mask.sum(1).max())
-            h, mask, pos = h[:, :width], mask[:, :width], pos[:, :width]
-            if att_mem is not None:
-                att_mem = att_mem[:, :width - 1]
+        return self._results(cfg, log, input_ids, lengths)
 
+    def _layer(self, l: int, cfg: MPEEConfig, state: _ActiveBatch, prune_at: tuple[int, ...],
+               log: _LayerLog) -> tuple[_ActiveBatch, Tensor]:
+        """Layer l for the active rows: Eqs. 1-8, 9, 10, logged. Returns the state after the layer and the
+        entropy ``(B_a,)`` of softmax(C_zm^l)."""
+        step = self._attention_step(l, cfg, state.h, state.mask, state.a_m, state.n_base, prune_at)
+        h = self.bert.layers[l - 1].ffn_sublayer(step.z_tilde)                       # (B_a, T', D)  h^l
+        c_z = self.exits[l - 1](h[:, 0])                                             # (B_a, C)   Eq. 9
+        c_zm = eq10_classifier_memory(state.c_zm, c_z, cfg.effective_lam)            # (B_a, C)   Eq. 10
+        entropy = exit_entropy(c_zm)                                                 # (B_a,)
+        pruned, positions = step.pruned, state.positions
+        lengths = state.lengths if pruned is None else step.mask.sum(1)              # (B_a,)
+        n_fused = None if pruned is None or cfg.fusion == "drop" else pruned.fused.sum(1)   # (B_a,)
+        log.layer(l, state.index, state.lengths, lengths, n_fused, entropy)
+        if positions is not None:                                                    # trace=True
+            if pruned is not None:
+                positions = _carry_positions(positions, pruned.source_index, l)      # (B_a, T')
+            log.trace(l, state.index, state.positions, positions, pruned)
+        return replace(state, h=h, mask=step.mask, lengths=lengths, a_m=step.a_m, c_zm=c_zm,
+                       positions=positions), entropy
+
+    def _exit_test(self, l: int, cfg: MPEEConfig, state: _ActiveBatch, entropy: Tensor,
+                   log: _LayerLog) -> _ActiveBatch | None:
+        """The exit test after layer l: the rows that leave are logged with softmax(C_zm^l) and dropped
+        from the batch; None when no row is left (always after layer L)."""
+        if l == self.bert_config.num_hidden_layers:                                  # the last layer always exits
+            probs = eq10_probabilities(state.c_zm)                                   # (B_a, C)
+            if not cfg.final_classifier:
+                log.exit(l, state.index, probs)
+                return None
+            # authors: head L's memory passed the test -> it predicts; otherwise the final classifier
+            passed = should_exit(entropy, cfg.threshold) if cfg.layer_exit else torch.zeros_like(entropy).bool()
+            final = torch.softmax(self._final_logits(state.h), dim=-1)               # (B_a, C)
+            log.exit(l, state.index, torch.where(passed[:, None], probs, final), final_used=~passed)
+            return None
+        if not cfg.layer_exit:
+            return state
+        leave = should_exit(entropy, cfg.threshold)                                  # (B_a,)
+        n_leave = int(leave.sum())                                                   # the layer's one host read
+        if n_leave == 0:
+            return state
+        log.exit(l, state.index[leave], eq10_probabilities(state.c_zm)[leave])
+        return None if n_leave == leave.shape[0] else state.keep(~leave)
+
+    def _results(self, cfg: MPEEConfig, log: _LayerLog, input_ids: Tensor, lengths: Tensor) -> InferenceOutput:
+        """One :class:`SampleResult` per input from the log (read back from the device here, once)."""
+        bc = self.bert_config
+        exit_layer, final_used = log.exit_layer.tolist(), log.final_used.tolist()
+        probabilities, ids, n = log.probabilities.tolist(), input_ids.tolist(), lengths.tolist()
         samples = []
-        for b in range(B):
-            exit_layer, p = done[b]
-            tr = traces[b]
-            fl = sample_flops([t.n_att for t in tr], [t.n_ffn for t in tr], n_fused[b], int(lengths[b]), L,
-                              bc.hidden_size, bc.intermediate_size, cfg.num_labels, cfg.head,
-                              final_head=final_used[b])
+        for b, layers in enumerate(log.per_input()):
+            p = tuple(probabilities[b])
+            traces = tuple(LayerTrace(layer=l, n_att=a, n_ffn=f, entropy=e, exited=l == exit_layer[b],
+                                      **log.token_detail(b, l)) for l, a, f, _, e in layers)
+            flops = sample_flops([r[1] for r in layers], [r[2] for r in layers], [r[3] for r in layers], n[b],
+                                 bc.num_hidden_layers, bc.hidden_size, bc.intermediate_size, cfg.num_labels,
+                                 cfg.head, final_head=final_used[b])
             samples.append(SampleResult(
                 prediction=max(range(len(p)), key=lambda c: (p[c], -c)), probabilities=p,
-                exit_layer=exit_layer, layers=tuple(tr), flops=fl,
-                input_ids=tuple(input_ids[b, : int(lengths[b])].tolist())))
+                exit_layer=exit_layer[b], layers=traces, flops=flops, input_ids=tuple(ids[b][:n[b]])))
         return InferenceOutput(samples=tuple(samples))

@@ -42,6 +42,9 @@ FUSIONS = ("memory", "normalised", "drop")
 FUSED_MEMORIES = ("sum", "mean")
 MEMORY_ALIGNMENTS = ("gather", "truncate")
 TOKEN_SELECTS = ("top", "bottom")
+#: ``PruneResult.source_index`` of an output slot that holds the EE-fusion token / padding.
+SOURCE_FUSED = -1
+SOURCE_PAD = -2
 
 
 def _key_mask(probs: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -220,7 +223,7 @@ class PruneResult:
         attention_mask: ``(B, T')`` same dtype as the input mask, 1 real / 0 padding.
         memory: ``(B, T'-1)`` :math:`A_m^l` aligned with ``hidden[:, 1:]``; 0 at padding.
         source_index: ``(B, T'-1)`` long: for each output token, its index 0..N-1 on the input's
-            non-CLS axis; -1 for the fused token; -2 for padding.
+            non-CLS axis; ``SOURCE_FUSED`` (-1) for the fused token; ``SOURCE_PAD`` (-2) for padding.
         kept: ``(B, N)`` bool, the tokens kept (:math:`h_{in}`).
         fused: ``(B, N)`` bool, the tokens that exited (into :math:`h_{eef}`, or dropped when
             ``fusion="drop"``).
@@ -282,7 +285,7 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
         arange_n = torch.arange(T - 1, device=hidden.device)                   # (N,)
         return PruneResult(
             hidden=hidden, attention_mask=attention_mask, memory=memory,
-            source_index=torch.where(valid, arange_n[None, :], torch.full_like(valid, -2, dtype=torch.long)),
+            source_index=torch.where(valid, arange_n[None, :], torch.full_like(valid, SOURCE_PAD, dtype=torch.long)),
             kept=valid.clone(), fused=torch.zeros_like(valid), alpha=torch.zeros_like(memory), num_kept=m)
     # ---- Eq. (7): keep the m best tokens h_in, the p others exit
     select_score = memory if select == "top" else -memory                     # (B, N)
@@ -356,7 +359,7 @@ def _splice(hidden: Tensor, attention_mask: Tensor, memory: Tensor, kept_first: 
         hidden=torch.cat([hidden[:, :1], tokens], dim=1),                      # (B, T', D)
         attention_mask=new_mask.to(attention_mask.dtype),                      # (B, T')
         memory=ext_m.gather(1, mem_src),                                       # (B, T'-1)
-        source_index=torch.where(src < N, src, torch.where(src == N, -1, -2)), # (B, T'-1)
+        source_index=torch.where(src < N, src, torch.where(src == N, SOURCE_FUSED, SOURCE_PAD)),
         kept=kept, fused=fused, alpha=alpha, num_kept=m)
 
 
