@@ -19,6 +19,7 @@ from mpee_ref.config import BertConfig
 from mpee_ref.encoder.equations import attention_mask_bias
 from mpee_ref.layer_exit import exit_entropy
 from mpee_ref.mpee import MPEEConfig, MPEEModel
+from mpee_ref.mpee.model import PAD_CODE, fused_code, fused_layer, is_fused
 
 L, C = 5, 3
 BERT = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=L, num_attention_heads=4,
@@ -243,3 +244,57 @@ def test_token_score_override_is_used_per_call():
     configured = make_model(token_score="all").infer(x, threshold=0.0, trace=True).samples[0]
     assert _strip(all_) == _strip(configured)
     assert [t.positions for t in cls_.layers] != [t.positions for t in all_.layers]
+
+
+# ----------------------------------------------------------------------------- traces, position codes, host reads
+def test_trace_off_keeps_everything_but_the_token_detail():
+    x = batch()
+    off, on = MODEL.infer(x, threshold=0.2).samples, MODEL.infer(x, threshold=0.2, trace=True).samples
+    for a, b in zip(off, on):
+        assert all(t.positions is t.fused_positions is t.fused_weights is None for t in a.layers)
+        assert all(t.positions is not None for t in b.layers)
+        assert a.layers == tuple(replace(t, positions=None, fused_positions=None, fused_weights=None) for t in b.layers)
+        assert (a.prediction, a.probabilities, a.exit_layer, a.flops) == (b.prediction, b.probabilities, b.exit_layer,
+                                                                            b.flops)
+        assert [t.exited for t in a.layers] == [False] * (a.exit_layer - 1) + [True]
+
+
+def test_position_codes_name_every_fusion_token():
+    assert (fused_code(3), fused_layer(-3)) == (-3, 3)
+    assert [is_fused(c) for c in (0, 5, -1, -4, PAD_CODE)] == [False, False, True, True, False]
+    s = MODEL.infer(batch(lengths=(13,)), threshold=0.0, trace=True).samples[0]      # prunes at layers 2 and 4
+    assert [c for c in s.layers[-1].positions if is_fused(c)] == [fused_code(2), fused_code(4)]
+    assert s.layers[0].positions == tuple(range(13))
+
+
+def test_one_host_read_per_layer_and_none_per_sample(monkeypatch):
+    """Without a trace, reading tensors back to Python (bool/int/float/item/tolist) costs a fixed number
+    of reads per call plus one per layer (does anyone leave?), whatever the batch size."""
+    model = make_model(token_exit=False)
+    reads = {"n": 0}
+    for name in ("__bool__", "__int__", "__float__", "item", "tolist"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real: reads.__setitem__("n", reads["n"] + 1)
+                            or _real(self, *a))
+
+    def count(inputs, **kw):
+        reads["n"] = 0
+        out = model.infer(inputs, **kw)
+        assert out.exit_layers.tolist() == [L] * out.exit_layers.shape[0]      # nobody exits early here
+        return reads["n"] - 1                                                   # less the tolist just above
+
+    one, four = batch(lengths=(13,)), batch()
+    tested, untested = count(four, threshold=1e-9), count(four, layer_exit=False)
+    assert tested - untested == L - 1                     # the exit test at layers 1..L-1; layer L always exits
+    assert count(one, threshold=1e-9) == tested            # independent of the batch size
+    assert count(four, threshold=1e-9, trace=True) > tested
+
+
+def test_a_call_override_follows_a_changed_model_config():
+    model = make_model()
+    x = batch()
+    before = model.infer(x, threshold=0.0)
+    model.mpee_config = replace(model.mpee_config, r_ee=0.0)
+    after = model.infer(x, threshold=0.0)                  # the same override, a new config underneath
+    assert [s.tokens_per_layer for s in after.samples] == [(n,) * L for n in (13, 9, 5, 11)]
+    assert [s.tokens_per_layer for s in before.samples] != [s.tokens_per_layer for s in after.samples]

@@ -37,7 +37,7 @@ from ..flops import SampleFlops, full_model_flops, head_flops, sample_flops
 from ..layer_exit import HEAD_KINDS, ExitHead
 from ..losses import eq11_cross_entropy
 from ..losses.checks import check_labels
-from ..mpee.model import InferenceOutput
+from ..mpee.model import InferenceOutput, encoded_batch
 
 #: rule(l, logits (B_a, C), state) -> (leave (B_a,) bool, signal (B_a,) float, new state).
 #: ``state`` maps names to tensors whose first axis is the active batch; the loop filters them.
@@ -245,12 +245,9 @@ class BaselineModel(nn.Module):
     def unpack(inputs: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """An encoded batch: a dict or an object with ``input_ids`` (+ optional ``attention_mask``,
         ``token_type_ids``), or a bare ``(B, T)`` id tensor."""
-        if isinstance(inputs, dict):
-            return inputs["input_ids"], inputs.get("attention_mask"), inputs.get("token_type_ids")
-        if hasattr(inputs, "input_ids"):
-            return inputs.input_ids, getattr(inputs, "attention_mask", None), getattr(inputs, "token_type_ids", None)
-        if isinstance(inputs, Tensor):
-            return inputs, None, None
+        batch = encoded_batch(inputs)
+        if batch is not None:
+            return batch
         raise ValueError(f"infer() expects an encoded batch (dict, tokenizer output or id tensor), "
                          f"got {type(inputs).__name__}")
 

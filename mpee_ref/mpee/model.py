@@ -229,30 +229,27 @@ class _ActiveBatch:
 
 
 class _LayerLog:
-    """Per-layer counts of the rows that ran each layer, kept as tensors and read back once at the end,
-    the exits (layer and softmax(C_zm) per input), and, with ``trace=True``, which tokens each layer kept."""
+    """What :meth:`MPEEModel.infer` reports, gathered layer by layer as tensors and read back once at the
+    end: the counts and classifier memories of the rows that ran each layer (the entropies of all layers
+    in one call), the exits (layer, softmax(C_zm), final classifier used) and, with ``trace=True``, which
+    tokens each layer kept."""
 
-    def __init__(self, batch_size: int, device: torch.device, trace: bool):
+    def __init__(self, trace: bool):
         self.rows: list[tuple[int, Tensor, Tensor, Tensor, Tensor | None, Tensor]] = []
-        self.exit_layer = torch.zeros(batch_size, dtype=torch.long, device=device)       # (B,)
-        self.final_used = torch.zeros(batch_size, dtype=torch.bool, device=device)       # (B,)
-        self.probabilities: Tensor | None = None                                          # (B, C)
+        self.exits: list[tuple[int, Tensor, Tensor, Tensor | None]] = []
         self.tokens: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]] | None = \
             {} if trace else None                                        # (input, layer) -> token detail
 
     def layer(self, l: int, index: Tensor, n_att: Tensor, n_ffn: Tensor, n_fused: Tensor | None,
-              entropy: Tensor) -> None:
-        """Layer l ran for the rows ``index`` ``(B_a,)``: tokens at MHSA / FFN, tokens fused, entropy."""
-        self.rows.append((l, index, n_att, n_ffn, n_fused, entropy))
+              c_zm: Tensor) -> None:
+        """Layer l ran for the rows ``index`` ``(B_a,)``: tokens at MHSA / FFN, tokens fused (None: none),
+        C_zm^l ``(B_a, C)``."""
+        self.rows.append((l, index, n_att, n_ffn, n_fused, c_zm))
 
     def exit(self, l: int, index: Tensor, probabilities: Tensor, final_used: Tensor | None = None) -> None:
-        """The rows ``index`` leave after layer l with ``probabilities`` ``(n, C)``."""
-        if self.probabilities is None:
-            self.probabilities = probabilities.new_zeros(self.exit_layer.shape[0], probabilities.shape[1])
-        self.exit_layer[index] = l
-        self.probabilities[index] = probabilities
-        if final_used is not None:
-            self.final_used[index] = final_used
+        """The rows ``index`` ``(n,)`` leave after layer l with ``probabilities`` ``(n, C)``; ``final_used``
+        ``(n,)``: predicted by the final classifier."""
+        self.exits.append((l, index, probabilities, final_used))
 
     def trace(self, l: int, index: Tensor, before: Tensor, after: Tensor, pruned: PruneResult | None) -> None:
         """Token detail of layer l (``trace=True``): the codes in h^l, the codes fused (or dropped), their α.
@@ -275,13 +272,29 @@ class _LayerLog:
 
     def per_input(self) -> list[list[tuple[int, int, int, int, float]]]:
         """Per input, its executed layers as (layer, n_att, n_ffn, n_fused, entropy), in layer order."""
-        layers = [l for l, index, *_ in self.rows for _ in range(index.shape[0])]
-        index, n_att, n_ffn = (torch.cat([r[k] for r in self.rows]).tolist() for k in (1, 2, 3))
-        n_fused = torch.cat([r[1].new_zeros(r[1].shape) if r[4] is None else r[4] for r in self.rows]).tolist()
-        entropy = torch.cat([r[5] for r in self.rows]).tolist()
-        out: list[list[tuple[int, int, int, int, float]]] = [[] for _ in range(self.exit_layer.shape[0])]
+        rows = self.rows
+        layers = [r[0] for r in rows for _ in range(r[1].shape[0])]
+        index, n_att, n_ffn = torch.stack([torch.cat([r[k] for r in rows]) for k in (1, 2, 3)]).tolist()
+        fused_rows = [r[4] for r in rows if r[4] is not None]
+        fused_counts = iter(torch.cat(fused_rows).tolist() if fused_rows else ())
+        n_fused = [next(fused_counts) if r[4] is not None else 0 for r in rows for _ in range(r[1].shape[0])]
+        entropy = exit_entropy(torch.cat([r[5] for r in rows])).tolist()                # one call for all layers
+        out: list[list[tuple[int, int, int, int, float]]] = [[] for _ in range(1 + max(index))]
         for row in zip(index, layers, n_att, n_ffn, n_fused, entropy):
             out[row[0]].append(row[1:])
+        return out
+
+    def exit_of_input(self) -> list[tuple[int, tuple[float, ...], bool]]:
+        """Per input: (exit layer, softmax(C_zm) or the final classifier's, final classifier used)."""
+        layers = [e[0] for e in self.exits for _ in range(e[1].shape[0])]
+        index = torch.cat([e[1] for e in self.exits]).tolist()
+        probabilities = torch.cat([e[2] for e in self.exits]).tolist()
+        final = [e[3] for e in self.exits if e[3] is not None]
+        final_used = iter(torch.cat(final).tolist() if final else ())
+        used = [next(final_used) if e[3] is not None else False for e in self.exits for _ in range(e[1].shape[0])]
+        out: list[tuple[int, tuple[float, ...], bool]] = [(0, (), False)] * len(index)
+        for b, l, p, f in zip(index, layers, probabilities, used):
+            out[b] = (l, tuple(p), f)
         return out
 
 
@@ -298,6 +311,18 @@ def _carry_positions(positions: Tensor, source_index: Tensor, l: int) -> Tensor:
     new = torch.where(source_index == SOURCE_FUSED, torch.full_like(moved, fused_code(l)),
                       torch.full_like(moved, PAD_CODE))                                  # (B, T'-1)
     return torch.cat([positions[:, :1], torch.where(source_index >= 0, moved, new)], dim=1)
+
+
+def encoded_batch(inputs: Any) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
+    """(input_ids, attention_mask, token_type_ids) of an encoded batch: a dict, an object with
+    ``input_ids`` (a tokenizer's output) or a bare ``(B, T)`` id tensor; None for anything else (text)."""
+    if isinstance(inputs, dict):
+        return inputs["input_ids"], inputs.get("attention_mask"), inputs.get("token_type_ids")
+    if hasattr(inputs, "input_ids"):
+        return inputs.input_ids, getattr(inputs, "attention_mask", None), getattr(inputs, "token_type_ids", None)
+    if isinstance(inputs, Tensor):
+        return inputs, None, None
+    return None
 
 
 # ============================================================================ the model
@@ -374,7 +399,7 @@ class MPEEModel(nn.Module):
         Eqs. 7-8. ``h`` ``(B, T, D)``, ``mask`` ``(B, T)``, ``a_m`` ``(B, T-1)`` or None, ``n_base`` ``(B,)``."""
         layer = self.bert.layers[l - 1]
         z_tilde, probs = layer.attention_sublayer(h, padding_bias(mask, h.dtype))       # (B, T, D), (B, H, T, T)
-        if not cfg.token_exit:
+        if not prune_at:                         # token exit off, or R_ee keeps every token: A_m is never read
             return AttentionStep(z_tilde, mask, None, None)
         a_m = eq06_attention_memory(a_m, self._token_scores(cfg, probs, mask), cfg.beta_at(l))   # (B, T-1)
         counts = self._prune_counts(cfg, l, n_base) if l in prune_at else None
@@ -421,10 +446,8 @@ class MPEEModel(nn.Module):
                token_type_ids: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         input_ids, attention_mask, token_type_ids = self.bert.check_inputs(input_ids, attention_mask,
                                                                            token_type_ids)
-        lengths = attention_mask.sum(1)                                              # (B,)
-        T = input_ids.shape[1]
-        packed = torch.arange(T, device=input_ids.device)[None, :] < lengths[:, None]
-        if not bool((packed == attention_mask.bool()).all()):
+        # 0/1 values with a real first token (checked above): right-padded <=> no row ever goes 0 -> 1
+        if not bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):
             raise ValueError("attention_mask must be right-padded (1...1 0...0 per row): MPEE removes "
                              "tokens and assumes real tokens come first")
         return input_ids, attention_mask, token_type_ids
@@ -517,12 +540,9 @@ class MPEEModel(nn.Module):
         return cached[1]
 
     def _encode(self, inputs: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        if isinstance(inputs, dict):
-            return inputs["input_ids"], inputs.get("attention_mask"), inputs.get("token_type_ids")
-        if hasattr(inputs, "input_ids"):
-            return inputs.input_ids, getattr(inputs, "attention_mask", None), getattr(inputs, "token_type_ids", None)
-        if isinstance(inputs, Tensor):
-            return inputs, None, None
+        batch = encoded_batch(inputs)
+        if batch is not None:
+            return batch
         if self.tokenizer is None:
             raise ValueError("infer() got text but the model has no tokenizer; load it with "
                              "mpee_ref.load_mpee(folder) or pass an encoded batch")
@@ -566,51 +586,48 @@ class MPEEModel(nn.Module):
         state: _ActiveBatch | None = _ActiveBatch(
             index=torch.arange(B, device=input_ids.device), h=self.bert.embeddings(input_ids, token_type_ids),
             mask=mask, lengths=lengths, n_base=lengths - 1, positions=_input_positions(mask) if trace else None)
-        log = _LayerLog(B, input_ids.device, trace)
+        log = _LayerLog(trace)
         for l in range(1, L + 1):
-            state, entropy = self._layer(l, cfg, state, prune_at, log)
-            state = self._exit_test(l, cfg, state, entropy, log)
+            state = self._exit_test(l, cfg, self._layer(l, cfg, state, prune_at, log), log)
             if state is None:
                 break
         return self._results(cfg, log, input_ids, lengths)
 
     def _layer(self, l: int, cfg: MPEEConfig, state: _ActiveBatch, prune_at: tuple[int, ...],
-               log: _LayerLog) -> tuple[_ActiveBatch, Tensor]:
-        """Layer l for the active rows: Eqs. 1-8, 9, 10, logged. Returns the state after the layer and the
-        entropy ``(B_a,)`` of softmax(C_zm^l)."""
+               log: _LayerLog) -> _ActiveBatch:
+        """Layer l for the active rows: Eqs. 1-8, 9, 10, logged. Returns the state after the layer."""
         step = self._attention_step(l, cfg, state.h, state.mask, state.a_m, state.n_base, prune_at)
         h = self.bert.layers[l - 1].ffn_sublayer(step.z_tilde)                       # (B_a, T', D)  h^l
         c_z = self.exits[l - 1](h[:, 0])                                             # (B_a, C)   Eq. 9
         c_zm = eq10_classifier_memory(state.c_zm, c_z, cfg.effective_lam)            # (B_a, C)   Eq. 10
-        entropy = exit_entropy(c_zm)                                                 # (B_a,)
         pruned, positions = step.pruned, state.positions
         lengths = state.lengths if pruned is None else step.mask.sum(1)              # (B_a,)
         n_fused = None if pruned is None or cfg.fusion == "drop" else pruned.fused.sum(1)   # (B_a,)
-        log.layer(l, state.index, state.lengths, lengths, n_fused, entropy)
+        log.layer(l, state.index, state.lengths, lengths, n_fused, c_zm)
         if positions is not None:                                                    # trace=True
             if pruned is not None:
                 positions = _carry_positions(positions, pruned.source_index, l)      # (B_a, T')
             log.trace(l, state.index, state.positions, positions, pruned)
-        return replace(state, h=h, mask=step.mask, lengths=lengths, a_m=step.a_m, c_zm=c_zm,
-                       positions=positions), entropy
+        return replace(state, h=h, mask=step.mask, lengths=lengths, a_m=step.a_m, c_zm=c_zm, positions=positions)
 
-    def _exit_test(self, l: int, cfg: MPEEConfig, state: _ActiveBatch, entropy: Tensor,
-                   log: _LayerLog) -> _ActiveBatch | None:
+    def _exit_test(self, l: int, cfg: MPEEConfig, state: _ActiveBatch, log: _LayerLog) -> _ActiveBatch | None:
         """The exit test after layer l: the rows that leave are logged with softmax(C_zm^l) and dropped
-        from the batch; None when no row is left (always after layer L)."""
+        from the batch; None when no row is left (always after layer L). The test cannot fire with
+        ``layer_exit=False`` or F <= 0 (an entropy is never negative): then it is skipped."""
         if l == self.bert_config.num_hidden_layers:                                  # the last layer always exits
             probs = eq10_probabilities(state.c_zm)                                   # (B_a, C)
             if not cfg.final_classifier:
                 log.exit(l, state.index, probs)
                 return None
             # authors: head L's memory passed the test -> it predicts; otherwise the final classifier
-            passed = should_exit(entropy, cfg.threshold) if cfg.layer_exit else torch.zeros_like(entropy).bool()
+            passed = should_exit(exit_entropy(state.c_zm), cfg.threshold) if cfg.layer_exit else \
+                torch.zeros_like(state.index, dtype=torch.bool)                      # (B_a,)
             final = torch.softmax(self._final_logits(state.h), dim=-1)               # (B_a, C)
             log.exit(l, state.index, torch.where(passed[:, None], probs, final), final_used=~passed)
             return None
-        if not cfg.layer_exit:
+        if not cfg.layer_exit or cfg.threshold <= 0:
             return state
-        leave = should_exit(entropy, cfg.threshold)                                  # (B_a,)
+        leave = should_exit(exit_entropy(state.c_zm), cfg.threshold)                 # (B_a,)
         n_leave = int(leave.sum())                                                   # the layer's one host read
         if n_leave == 0:
             return state
@@ -620,17 +637,15 @@ class MPEEModel(nn.Module):
     def _results(self, cfg: MPEEConfig, log: _LayerLog, input_ids: Tensor, lengths: Tensor) -> InferenceOutput:
         """One :class:`SampleResult` per input from the log (read back from the device here, once)."""
         bc = self.bert_config
-        exit_layer, final_used = log.exit_layer.tolist(), log.final_used.tolist()
-        probabilities, ids, n = log.probabilities.tolist(), input_ids.tolist(), lengths.tolist()
+        ids, n = input_ids.tolist(), lengths.tolist()
         samples = []
-        for b, layers in enumerate(log.per_input()):
-            p = tuple(probabilities[b])
-            traces = tuple(LayerTrace(layer=l, n_att=a, n_ffn=f, entropy=e, exited=l == exit_layer[b],
+        for b, (layers, (exit_layer, p, final_used)) in enumerate(zip(log.per_input(), log.exit_of_input())):
+            traces = tuple(LayerTrace(layer=l, n_att=a, n_ffn=f, entropy=e, exited=l == exit_layer,
                                       **log.token_detail(b, l)) for l, a, f, _, e in layers)
             flops = sample_flops([r[1] for r in layers], [r[2] for r in layers], [r[3] for r in layers], n[b],
                                  bc.num_hidden_layers, bc.hidden_size, bc.intermediate_size, cfg.num_labels,
-                                 cfg.head, final_head=final_used[b])
+                                 cfg.head, final_head=final_used)
             samples.append(SampleResult(
                 prediction=max(range(len(p)), key=lambda c: (p[c], -c)), probabilities=p,
-                exit_layer=exit_layer[b], layers=traces, flops=flops, input_ids=tuple(ids[b][:n[b]])))
+                exit_layer=exit_layer, layers=traces, flops=flops, input_ids=tuple(ids[b][:n[b]])))
         return InferenceOutput(samples=tuple(samples))
