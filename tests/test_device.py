@@ -40,7 +40,8 @@ def test_inference_and_a_training_step_create_no_tensor_off_the_inputs_device():
         reference = {trace: model.eval().infer({"input_ids": ids, "attention_mask": mask}, trace=trace)
                      for trace in (False, True)}
         with torch.device("meta"):
-            out = {trace: model.infer({"input_ids": ids, "attention_mask": mask}, trace=trace) for trace in (False, True)}
+            out = {trace: model.infer({"input_ids": ids, "attention_mask": mask}, trace=trace)
+                   for trace in (False, True)}
             model.train()
             loss = model(ids, mask, labels=torch.tensor([0, 1, 2, 0], device="cpu")).loss.total
             loss.backward()

@@ -8,7 +8,8 @@ For each setting (threshold F, R_ee) it times, on the same inputs and in one pro
 at batch size 1 (one input at a time, as the paper) and batched, and prints ``wall speed-up =
 t_full / t_MPEE`` beside ``ρ = Σ full FLOPs / Σ executed FLOPs``. The two are timed in alternating passes
 over the inputs (full, MPEE, then MPEE, full on the next repetition), so that load from other processes
-hits both alike, and each batch counts with its fastest of ``--reps`` repetitions (load only adds time). Every row states its target:
+hits both alike, and each batch counts with its fastest of ``--reps`` repetitions (load only adds time).
+Every row states its target:
 
 * batch 1, a trained model on short inputs (default: the demo model on SST-2 dev sentences, ~25 tokens,
   where a layer costs little more than its dispatch and removing tokens cannot save much): wall speed-up
@@ -20,6 +21,7 @@ hits both alike, and each batch counts with its fastest of ``--reps`` repetition
 
     python tools/bench_mpee.py                                   # demo model, batch 1 and 32
     python tools/bench_mpee.py --random-bert-base                # bert-base shape, token exit only
+    python tools/bench_mpee.py --layer-times [--random-bert-base] # what one layer / head / Eqs. 7-8 cost
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ sys.path.insert(0, str(REPO))
 from mpee_ref.config import BertConfig  # noqa: E402
 from mpee_ref.io.tokenizer import load_tokenizer  # noqa: E402
 from mpee_ref.mpee import MPEEConfig, MPEEModel, load_mpee  # noqa: E402
+from mpee_ref.token_exit import prune_tokens  # noqa: E402
 
 DEMO_SETTINGS = "0:0,0:0.5,0.3:0,0.5:0,0.3:0.5,0.5:0.5,0.6:0.5"
 BASE_SETTINGS = "0:0.3,0:0.5,0:0.7"                                  # F = 0: token exit only
@@ -142,6 +145,37 @@ def measure(model: MPEEModel, batches: list, F: float, r: float, reps: int, kind
                statistics.mean(statistics.mean(s.tokens_per_layer) for s in out), rho, tf, tm, name, value)
 
 
+@torch.inference_mode()
+def layer_times(model: MPEEModel, reps: int) -> None:
+    """Batch-1 cost of the pieces: one encoder layer (mean over the L different layers, so that their
+    weights are read from memory as in a forward) at several token counts, one exit head, Eqs. 7-8."""
+    D = model.bert_config.hidden_size
+
+    def best(fn: Callable[[], object]) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return 1000 * min(times)
+
+    def all_layers(h: torch.Tensor) -> None:
+        for layer in model.bert.layers:
+            layer.ffn_sublayer(layer.attention_sublayer(h, None)[0])
+
+    def all_heads(h_cls: torch.Tensor) -> None:
+        for head in model.exits:
+            head(h_cls)
+
+    L = len(model.bert.layers)
+    for T in (128, 64, 40, 25, 13, 5, 1):
+        print(f"| encoder layer, {T} tokens | {best(lambda: all_layers(torch.randn(1, T, D))) / L:.2f} |")
+    print(f"| exit head | {best(lambda: all_heads(torch.randn(1, D))) / L:.3f} |")
+    h, mask, memory = torch.randn(1, 25, D), torch.ones(1, 25, dtype=torch.long), torch.rand(1, 24)
+    print(f"| prune_tokens (Eqs. 7-8), 25 tokens, R_ee 0.5 | {best(lambda: prune_tokens(h, mask, memory, 0.5)):.3f} |")
+
+
 def print_row(row: Row, L: int, n: int) -> None:
     print(f"| {row.threshold:g} | {row.r_ee:g} | {row.batch} | {row.mean_exit:.2f} | {L / row.mean_exit:.2f} | "
           f"{row.mean_tokens:.1f} | {row.rho:.2f} | {1000 * row.full_s / n:.2f} | {1000 * row.mpee_s / n:.2f} | "
@@ -166,15 +200,22 @@ def main() -> int:
                     help=f"comma-separated F:R_ee pairs (default {DEMO_SETTINGS}; {BASE_SETTINGS} with "
                          f"--random-bert-base)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layer-times", action="store_true",
+                    help="instead: ms at batch 1 of one encoder layer at several token counts, an exit head, Eqs. 7-8")
     args = ap.parse_args()
     base = args.random_bert_base
     n, reps = args.n or (8 if base else 64), args.reps or (3 if base else 5)
     sizes = [int(x) for x in (args.batch_sizes or ("1" if base else "1,32")).split(",")]
     torch.set_num_threads(args.threads)
     model = random_bert_base(Path(args.vocab), args.seed) if base else load_mpee(args.model)
+    print(f"$ python {' '.join(shlex.quote(a) for a in sys.argv)}")
+    if args.layer_times:
+        print(f"{'random bert-base' if base else args.model}, {args.threads} threads, fastest of {reps * 4} runs\n")
+        print("| batch 1 | ms |\n|---|---:|")
+        layer_times(model, reps * 4)
+        return 0
     texts = read_texts(Path(args.texts), n, 128 if base else 0, model.tokenizer)
     L = model.bert_config.num_hidden_layers
-    print(f"$ python {' '.join(shlex.quote(a) for a in sys.argv)}")
     print(f"{'random bert-base (768/12/3072)' if base else args.model} (L={L}), {n} inputs "
           f"({'SST-2 dev sentences joined to 128 tokens' if base else args.texts}), {args.threads} threads, "
           f"torch {torch.__version__}, passes alternating, fastest of {reps} per batch, "
