@@ -12,9 +12,9 @@ hits both alike, and each batch counts with its fastest of ``--reps`` repetition
 Every row states its target:
 
 * batch 1, a trained model on short inputs (default: the demo model on SST-2 dev sentences, ~25 tokens,
-  where a layer costs little more than its dispatch and removing tokens cannot save much): wall speed-up
-  ≥ 0.9 × L / (mean exit layer), the layer-skipping bound; with nothing exiting (ρ = 1), MPEE may cost at
-  most 1.10 × the plain classifier (wall ≥ 1/1.10);
+  where a layer's time hardly depends on its token count, ``--layer-times``): wall speed-up
+  ≥ 0.9 × L / (mean exit layer), the layer-skipping bound; with nothing exiting, MPEE may cost at most
+  1.10 × the plain classifier (wall ≥ 1/1.10);
 * batch 1, ``--random-bert-base`` (a random 768/12/3072 BERT, 12 layers, built in memory; inputs are SST-2
   dev sentences joined to 128 tokens; token exit only): wall ≥ 0.8 ρ, where compute dominates as in the paper;
 * batched: wall ≥ 0.9 ρ.

@@ -24,14 +24,15 @@ Two entry points:
   the L classifier memories feed the loss. Per-sample token counts are kept with padding masks.
 * :meth:`MPEEModel.infer` (inference): work is really skipped. Exited tokens are removed from the
   tensors (not masked), a sample that exits leaves the batch, and the padded width shrinks to the
-  longest remaining sample. The result is one :class:`SampleResult` per input.
+  longest remaining sample. The result is one :class:`SampleResult` per input; which tokens each
+  layer kept and fused is recorded only with ``trace=True`` (position codes: :func:`is_fused`).
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -181,7 +182,7 @@ class AttentionStep:
         z_tilde: ``(B, T', D)`` Z̃_l, the MHSA sub-layer output, after Eq. 8 on a pruning layer.
         mask: ``(B, T')`` 1 real / 0 padding, for ``z_tilde``.
         a_m: ``(B, T'-1)`` the attention memory A_m^l (Eq. 6), aligned with ``z_tilde[:, 1:]``;
-            None with token exit off.
+            None where no layer prunes (token exit off, or R_ee keeps every token).
         pruned: Eqs. 7-8's :class:`~mpee_ref.token_exit.PruneResult` where tokens were pruned, else None.
     """
 
@@ -228,6 +229,26 @@ class _ActiveBatch:
                        positions=None if self.positions is None else self.positions[:, :w])
 
 
+class _LayerRow(NamedTuple):
+    """One layer of :class:`_LayerLog`: the rows ``index`` ``(B_a,)`` that ran layer ``l``."""
+
+    l: int
+    index: Tensor                # (B_a,) input indices
+    n_att: Tensor                # (B_a,) tokens at MHSA
+    n_ffn: Tensor                # (B_a,) tokens at the FFN
+    n_fused: Tensor | None       # (B_a,) tokens fused (Eq. 8); None: none
+    c_zm: Tensor                 # (B_a, C) C_zm^l
+
+
+class _ExitRow(NamedTuple):
+    """One exit event of :class:`_LayerLog`: the rows ``index`` ``(n,)`` leave after layer ``l``."""
+
+    l: int
+    index: Tensor                # (n,) input indices
+    probabilities: Tensor        # (n, C) softmax(C_zm^l), or the final classifier's
+    final_used: Tensor | None    # (n,) predicted by the final classifier; None: no final classifier
+
+
 class _LayerLog:
     """What :meth:`MPEEModel.infer` reports, gathered layer by layer as tensors and read back once at the
     end: the counts and classifier memories of the rows that ran each layer (the entropies of all layers
@@ -235,21 +256,19 @@ class _LayerLog:
     tokens each layer kept."""
 
     def __init__(self, trace: bool):
-        self.rows: list[tuple[int, Tensor, Tensor, Tensor, Tensor | None, Tensor]] = []
-        self.exits: list[tuple[int, Tensor, Tensor, Tensor | None]] = []
+        self.rows: list[_LayerRow] = []
+        self.exits: list[_ExitRow] = []
         self.tokens: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]] | None = \
             {} if trace else None                                        # (input, layer) -> token detail
 
     def layer(self, l: int, index: Tensor, n_att: Tensor, n_ffn: Tensor, n_fused: Tensor | None,
               c_zm: Tensor) -> None:
-        """Layer l ran for the rows ``index`` ``(B_a,)``: tokens at MHSA / FFN, tokens fused (None: none),
-        C_zm^l ``(B_a, C)``."""
-        self.rows.append((l, index, n_att, n_ffn, n_fused, c_zm))
+        """Layer l ran for the rows ``index`` (see :class:`_LayerRow`)."""
+        self.rows.append(_LayerRow(l, index, n_att, n_ffn, n_fused, c_zm))
 
     def exit(self, l: int, index: Tensor, probabilities: Tensor, final_used: Tensor | None = None) -> None:
-        """The rows ``index`` ``(n,)`` leave after layer l with ``probabilities`` ``(n, C)``; ``final_used``
-        ``(n,)``: predicted by the final classifier."""
-        self.exits.append((l, index, probabilities, final_used))
+        """The rows ``index`` leave after layer l (see :class:`_ExitRow`)."""
+        self.exits.append(_ExitRow(l, index, probabilities, final_used))
 
     def trace(self, l: int, index: Tensor, before: Tensor, after: Tensor, pruned: PruneResult | None) -> None:
         """Token detail of layer l (``trace=True``): the codes in h^l, the codes fused (or dropped), their α.
@@ -273,25 +292,27 @@ class _LayerLog:
     def per_input(self) -> list[list[tuple[int, int, int, int, float]]]:
         """Per input, its executed layers as (layer, n_att, n_ffn, n_fused, entropy), in layer order."""
         rows = self.rows
-        layers = [r[0] for r in rows for _ in range(r[1].shape[0])]
-        index, n_att, n_ffn = torch.stack([torch.cat([r[k] for r in rows]) for k in (1, 2, 3)]).tolist()
-        fused_rows = [r[4] for r in rows if r[4] is not None]
-        fused_counts = iter(torch.cat(fused_rows).tolist() if fused_rows else ())
-        n_fused = [next(fused_counts) if r[4] is not None else 0 for r in rows for _ in range(r[1].shape[0])]
-        entropy = exit_entropy(torch.cat([r[5] for r in rows])).tolist()                # one call for all layers
+        layers = [r.l for r in rows for _ in range(r.index.shape[0])]
+        index, n_att, n_ffn = torch.stack([torch.cat([getattr(r, k) for r in rows])
+                                           for k in ("index", "n_att", "n_ffn")]).tolist()
+        fused = [r.n_fused for r in rows if r.n_fused is not None]
+        fused_counts = iter(torch.cat(fused).tolist() if fused else ())
+        n_fused = [0 if r.n_fused is None else next(fused_counts) for r in rows for _ in range(r.index.shape[0])]
+        entropy = exit_entropy(torch.cat([r.c_zm for r in rows])).tolist()              # one call for all layers
         out: list[list[tuple[int, int, int, int, float]]] = [[] for _ in range(1 + max(index))]
-        for row in zip(index, layers, n_att, n_ffn, n_fused, entropy):
-            out[row[0]].append(row[1:])
+        for b, *row in zip(index, layers, n_att, n_ffn, n_fused, entropy):
+            out[b].append(tuple(row))
         return out
 
     def exit_of_input(self) -> list[tuple[int, tuple[float, ...], bool]]:
-        """Per input: (exit layer, softmax(C_zm) or the final classifier's, final classifier used)."""
-        layers = [e[0] for e in self.exits for _ in range(e[1].shape[0])]
-        index = torch.cat([e[1] for e in self.exits]).tolist()
-        probabilities = torch.cat([e[2] for e in self.exits]).tolist()
-        final = [e[3] for e in self.exits if e[3] is not None]
+        """Per input: (exit layer, its probabilities, whether the final classifier predicted it)."""
+        exits = self.exits
+        layers = [e.l for e in exits for _ in range(e.index.shape[0])]
+        index = torch.cat([e.index for e in exits]).tolist()
+        probabilities = torch.cat([e.probabilities for e in exits]).tolist()
+        final = [e.final_used for e in exits if e.final_used is not None]
         final_used = iter(torch.cat(final).tolist() if final else ())
-        used = [next(final_used) if e[3] is not None else False for e in self.exits for _ in range(e[1].shape[0])]
+        used = [e.final_used is not None and next(final_used) for e in exits for _ in range(e.index.shape[0])]
         out: list[tuple[int, tuple[float, ...], bool]] = [(0, (), False)] * len(index)
         for b, l, p, f in zip(index, layers, probabilities, used):
             out[b] = (l, tuple(p), f)
