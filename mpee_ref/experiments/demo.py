@@ -15,9 +15,8 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from ..mpee.model import fused_layer, is_fused
+from .flags import resolve_device
 from .options import check_cli_numbers
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "weights" / "mpee-minilm-sst2"
@@ -40,7 +39,8 @@ def add_parser(subparsers) -> None:
                    help="entropy threshold F in nats (default: the model's)")
     p.add_argument("--r-ee", type=float, default=None, help="token exit ratio R_ee (default: the model's)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cuda or cuda:1 (default: %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for the model and the encoded texts: cpu, cuda, cuda:1, mps (default: %(default)s)")
 
 
 def _label_names(folder: Path, num_labels: int) -> list[str]:
@@ -98,16 +98,6 @@ def trace_text(model, text: str, threshold: float | None, r_ee: float | None) ->
     return "\n".join(out)
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device: {name!r} is not a torch device ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device: {name!r} asked for, but no CUDA device is available here")
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
     from ..mpee import load_mpee
 
@@ -116,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if not (folder / "mpee_config.json").exists():
         raise FileNotFoundError(f"{folder}: not an MPEE model folder (no mpee_config.json); train one with "
                                 f"`python -m mpee_ref train` or pass --model")
-    model = load_mpee(folder).to(_device(args.device))       # infer() puts the encoded texts on the model's device
+    model = load_mpee(folder).to(resolve_device(args.device))       # infer() puts the encoded texts on the model's device
     model.source_folder = folder
     cfg = model.mpee_config
     prune = cfg.prune_layer_set(model.bert_config.num_hidden_layers)
