@@ -42,7 +42,8 @@ class MethodSpec:
             Each stage after the first starts from the previous stage's model.
         knob: the sweep setting's name (a key of a sweep point's ``setting``); None = no knob
             (static truncation has one operating point).
-        grid: the default values of ``knob`` for ``sweep``.
+        grid: the default values of ``knob`` for ``sweep``: entropy thresholds are dense below ln 2 ≈ 0.693
+            (a binary task's largest entropy), where a frozen backbone's shallow classifiers start to exit.
         infer_kwargs: ``(value, num_layers) -> infer() keyword arguments`` for one setting.
     """
 
@@ -58,9 +59,11 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("static", StaticTruncation, StaticConfig, (), None, (), lambda v, L: {}),
     MethodSpec("deebert", DeeBERT, DeeBERTConfig, ("backbone", "ramps"), "entropy_threshold",
-               (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), lambda v, L: {"entropy_threshold": v}),
+               (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.63, 0.65, 0.67, 0.68, 0.69, 0.7),
+               lambda v, L: {"entropy_threshold": v}),
     MethodSpec("fastbert", FastBERT, FastBERTConfig, ("backbone", "distill"), "speed",
-               (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0), lambda v, L: {"speed": v}),
+               (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0),
+               lambda v, L: {"speed": v}),
     MethodSpec("pabee", PABEE, PABEEConfig, (), "patience", (1, 2, 3, 4, 5),
                lambda v, L: {"patience": int(v)}),
     MethodSpec("power_bert", PowerBERT, PowerBERTConfig, (), "retention_decay",

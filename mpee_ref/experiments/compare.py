@@ -310,7 +310,8 @@ def train_method(a: CompareArgs, method: str, seed: int) -> Path:
 def sweep_method(a: CompareArgs, method: str, seed: int, final: Path, metric: str) -> dict[str, Any]:
     """The method sweep of one trained model on dev (cached in its run folder's sweep.json)."""
     cache = Path(a.out) / method / f"s{seed}" / "sweep.json"
-    grid = {"thresholds": a.thresholds, "r_ees": a.r_ees} if method == "mpee" else None
+    grid = ({"thresholds": a.thresholds, "r_ees": a.r_ees} if method == "mpee" else None if method == "plain"
+            else {"values": list(get_method(method).grid)})               # a changed grid is swept again
     if cache.is_file() and read_json(cache).get("grid") == grid:
         return read_json(cache)
     model = load_trained(final).to(resolve_device(a.device))
