@@ -84,11 +84,13 @@ def test_interpolated_metric_lies_between_front_neighbours(rows, rho):
 
 def test_markdown_table_and_plots(tmp_path):
     by_method = {"mpee": [_pt(0.88, 1.0, "mpee"), _pt(0.87, 2.6, "mpee")],
-                 "static": [_pt(0.80, 1.9, "static")]}
+                 "static": [_pt(0.80, 1.95, "static")]}
     md = compare.comparison_markdown(by_method, plain=(0.88, 0.002), metric="accuracy")
     rows = md.strip().splitlines()
     assert rows[2].startswith("| mpee | 1 | 87.38 | 2.60× ± 0.00 | 87.00 ± 0.00 | knob 2.6 |"), rows[2]
-    assert rows[3] == "| static | 1 | - | none | - | - |"
+    assert rows[3] == "| static | 1 | 80.00 (ρ 1.95) | none | - | - |"           # nearest point, within 5%
+    far = compare.comparison_markdown({"x": [_pt(0.8, 1.5, "x")]}, plain=(0.88, 0.0), metric="accuracy")
+    assert far.strip().splitlines()[2] == "| x | 1 | - | none | - | - |"
     pytest.importorskip("matplotlib")
     assert compare.plot_tradeoff(by_method, (0.88, 0.002), "accuracy", tmp_path / "f3.png").stat().st_size > 0
     chosen = [compare.closest_to_rho(v, 2.0) for v in by_method.values()]
