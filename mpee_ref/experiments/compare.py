@@ -317,15 +317,17 @@ def sweep_method(a: CompareArgs, method: str, seed: int, final: Path, metric: st
     cache = Path(a.out) / method / f"s{seed}" / "sweep.json"
     grid = ({"thresholds": a.thresholds, "r_ees": a.r_ees} if method == "mpee" else None if method == "plain"
             else {"values": list(get_method(method).grid)})               # a changed grid is swept again
-    if cache.is_file() and read_json(cache).get("grid") == grid:
-        return read_json(cache)
+    cached = read_json(cache) if cache.is_file() else None
+    if cached is not None and cached.get("grid") == grid:
+        return cached
     model = load_trained(final).to(resolve_device(a.device))
     examples = read_glue(a.task, a.data_dir, "dev")
-    data = encode_examples(model.tokenizer, examples, model_max_length(final))
+    max_len = model_max_length(final)
+    data = encode_examples(model.tokenizer, examples, max_len)
     if isinstance(model, MPEEModel):
         thresholds = (0.0,) if method == "plain" else comma_list(a.thresholds, float, "--thresholds")
         r_ees = (0.0,) if method == "plain" else comma_list(a.r_ees, float, "--r-ees")
-        points = run_sweep(model, data, a.task, thresholds, r_ees, a.batch_size, model_max_length(final))
+        points = run_sweep(model, data, a.task, thresholds, r_ees, a.batch_size, max_len)
         result = from_mpee_sweep({"metric": metric, "num_layers": model.bert_config.num_hidden_layers,
                                   "points": points}, seed, method)
     else:

@@ -91,9 +91,9 @@ def evaluate_baseline(model: BaselineModel, data: Any, task: str, batch_size: in
     model's config), with the throughput (examples per second)."""
     from .evaluate import run_inference
     spec = method_of(model)
-    kwargs = {} if setting is None else spec.infer_kwargs(setting, model.bert_config.num_hidden_layers)
     if setting is not None and spec.knob is None:
         raise ValueError(f"--setting: {spec.name} has no knob to set")
+    kwargs = {} if setting is None else spec.infer_kwargs(setting, model.bert_config.num_hidden_layers)
     t0 = time.perf_counter()
     samples = run_inference(model, data, batch_size, **kwargs)
     seconds = time.perf_counter() - t0
