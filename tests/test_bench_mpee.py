@@ -27,8 +27,8 @@ def test_interleaved_counts_each_batch_at_its_fastest():
     clock = iter(range(1000))
     bench.time.perf_counter, real = (lambda: next(clock)), bench.time.perf_counter
     try:
-        ta, tb = bench.interleaved(lambda b: calls.__setitem__("a", calls["a"] + 1),
-                                   lambda b: calls.__setitem__("b", calls["b"] + 1), [0, 1, 2], reps=2)
+        ta, tb = bench.interleaved([lambda b: calls.__setitem__("a", calls["a"] + 1),
+                                    lambda b: calls.__setitem__("b", calls["b"] + 1)], [0, 1, 2], reps=2)
     finally:
         bench.time.perf_counter = real
     assert calls == {"a": 6, "b": 6} and (ta, tb) == (3, 3)          # every call "takes" one tick
@@ -44,3 +44,12 @@ def test_a_tiny_run_prints_the_table(monkeypatch, capsys, glue_dir):
     assert [r[:4] for r in rows] == [("0", "0", "1", "1/1.10"), ("0.5", "0.5", "1", "0.9 L/exit"),
                                      ("0", "0", "2", "0.9 ρ"), ("0.5", "0.5", "2", "0.9 ρ")]
     assert "row(s) below target" in out and out.startswith("$ python")
+
+
+def test_overhead_prints_the_four_steps(monkeypatch, capsys, glue_dir):
+    monkeypatch.setattr(sys, "argv", ["bench_mpee.py", "--overhead", "-n", "2", "--reps", "1", "--threads", "1",
+                                      "--texts", str(glue_dir / "SST-2" / "dev.tsv")])
+    assert bench.main() == 0
+    rows = re.findall(r"^\| ([^|]+) \| ([\d.]+) \| ([\d.]+) \|$", capsys.readouterr().out, re.M)
+    assert [r[0] for r in rows][0] == "plain classifier" and len(rows) == 4
+    assert rows[0][2] == "1.000" and all(float(r[1]) > 0 for r in rows)

@@ -165,3 +165,51 @@ def test_prune_tokens_gradcheck():
     alpha = torch.rand(2, 4, dtype=D64, requires_grad=True)
     fuse = torch.tensor([[True, False, True, True], [False, True, False, False]])
     assert torch.autograd.gradcheck(lambda t, a: eq08_fuse(t, a, fuse), (tokens, alpha))
+
+
+def _with_padding_column(hidden, mask, memory):
+    """The same batch with one more, padded, position: it sends prune_tokens down its general path."""
+    B, T, D = hidden.shape
+    return (torch.cat([hidden, hidden.new_zeros(B, 1, D)], 1), torch.cat([mask, mask.new_zeros(B, 1)], 1),
+            torch.cat([memory, memory.new_zeros(B, 1)], 1))
+
+
+@given(st.integers(1, 3), st.integers(1, 8), st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]),
+       st.sampled_from(["exit", "keep"]), st.sampled_from(["memory", "normalised", "drop"]),
+       st.sampled_from(["sum", "mean"]), st.sampled_from(["top", "bottom"]), st.booleans(), st.booleans(),
+       st.integers(0, 2**16))
+def test_prune_tokens_unpadded_path_equals_general_path(B, n, r_ee, r_ee_means, fusion, fused_memory, select,
+                                                        ties, with_n_base, seed):
+    # rows without padding take a shorter path (fewer tensor ops, for batch-1 inference); it must return
+    # exactly what the general path returns for the same rows with a padded position appended
+    hidden, mask, memory = _batch([n] * B, T=n, seed=seed)
+    if ties:                                   # coarse scores: equal values, broken by position
+        memory = (memory * 3).floor() / 3
+    kw = dict(r_ee_means=r_ee_means, fusion=fusion, fused_memory=fused_memory, select=select)
+    if with_n_base:                            # m from a longer original length, clipped to N
+        kw["n_base"] = torch.full((B,), n + 3)
+    if fused_memory == "mean":
+        kw["fused_mean_count"] = torch.full((B,), 5)
+    fast = prune_tokens(hidden, mask, memory, r_ee, **kw)
+    general = prune_tokens(*_with_padding_column(hidden, mask, memory), r_ee, **kw)
+    T = fast.hidden.shape[1]
+    assert general.hidden.shape[1] == T or not bool(general.fused.any())   # nothing exits: inputs come back
+    assert torch.equal(fast.hidden, general.hidden[:, :T]) and torch.equal(fast.memory, general.memory[:, :T - 1])
+    assert torch.equal(fast.attention_mask, general.attention_mask[:, :T])
+    assert fast.attention_mask.dtype == mask.dtype
+    assert torch.equal(fast.source_index, general.source_index[:, :T - 1])
+    for name in ("kept", "fused", "alpha"):
+        assert torch.equal(getattr(fast, name), getattr(general, name)[:, :n - 1]), name
+    assert torch.equal(fast.num_kept, general.num_kept)
+
+
+def test_prune_tokens_unpadded_path_gradcheck():
+    hidden, mask, memory = _batch([6, 6], T=6, D=3, seed=4)
+    hidden.requires_grad_(True)
+    memory.requires_grad_(True)
+    for fusion in ("memory", "normalised"):
+        for fm in ("sum", "mean"):
+            def f(h, mem, fusion=fusion, fm=fm):
+                r = prune_tokens(h, mask, mem, 0.5, fusion=fusion, fused_memory=fm)
+                return r.hidden, r.memory
+            assert torch.autograd.gradcheck(f, (hidden, memory))

@@ -22,6 +22,7 @@ Every row states its target:
     python tools/bench_mpee.py                                   # demo model, batch 1 and 32
     python tools/bench_mpee.py --random-bert-base                # bert-base shape, token exit only
     python tools/bench_mpee.py --layer-times [--random-bert-base] # what one layer / head / Eqs. 7-8 cost
+    python tools/bench_mpee.py --overhead                        # batch 1, nothing exiting: where time goes
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ sys.path.insert(0, str(REPO))
 from mpee_ref.config import BertConfig  # noqa: E402
 from mpee_ref.io.tokenizer import load_tokenizer  # noqa: E402
 from mpee_ref.mpee import MPEEConfig, MPEEModel, load_mpee  # noqa: E402
+from mpee_ref.encoder.equations import padding_bias  # noqa: E402
+from mpee_ref.layer_exit import eq10_classifier_memory  # noqa: E402
 from mpee_ref.token_exit import prune_tokens  # noqa: E402
 
 DEMO_SETTINGS = "0:0,0:0.5,0.3:0,0.5:0,0.3:0.5,0.5:0.5,0.6:0.5"
@@ -103,20 +106,20 @@ def full_classifier(model: MPEEModel, enc: Any) -> torch.Tensor:
     return model.exits[-1](h[:, 0])                                                          # (B, C)
 
 
-def interleaved(fa: Callable, fb: Callable, batches: list, reps: int) -> tuple[float, float]:
-    """Seconds of ``fa`` and ``fb`` over all batches. Each repetition runs one pass of ``fa`` over the
-    batches and one of ``fb`` (ABBA order); each batch counts with its fastest time over the repetitions
+def interleaved(fns: list[Callable], batches: list, reps: int) -> list[float]:
+    """Seconds of each of ``fns`` over all batches. Each repetition runs one pass of each function over the
+    batches (in turn, reversed every other repetition: ABBA); each batch counts with its fastest time over the repetitions
     (other processes only ever add time). Passes, not single batches, alternate: at batch 1 the layers
     are bound by reading their weights, so what ran just before decides what is in the cache, and each
     method is timed in a stream of its own calls, as it would be served."""
-    times = {fa: [math.inf] * len(batches), fb: [math.inf] * len(batches)}
+    times = [[math.inf] * len(batches) for _ in fns]
     for rep in range(reps):
-        for f in ((fa, fb) if rep % 2 == 0 else (fb, fa)):
+        for k in (range(len(fns)) if rep % 2 == 0 else reversed(range(len(fns)))):
             for i, b in enumerate(batches):
                 start = time.perf_counter()
-                f(b)
-                times[f][i] = min(times[f][i], time.perf_counter() - start)
-    return sum(times[fa]), sum(times[fb])
+                fns[k](b)
+                times[k][i] = min(times[k][i], time.perf_counter() - start)
+    return [sum(t) for t in times]
 
 
 def target(kind: str, batch: int, rho: float, L: int, mean_exit: float, exits: bool) -> tuple[str, float]:
@@ -137,8 +140,8 @@ def measure(model: MPEEModel, batches: list, F: float, r: float, reps: int, kind
     L = model.bert_config.num_hidden_layers
     full = lambda b: full_classifier(model, b)                         # noqa: E731
     mpee = lambda b: model.infer(b, threshold=F, r_ee=r)               # noqa: E731
-    interleaved(full, mpee, batches[:2], 1)                            # warm-up
-    tf, tm = interleaved(full, mpee, batches, reps)
+    interleaved([full, mpee], batches[:2], 1)                          # warm-up
+    tf, tm = interleaved([full, mpee], batches, reps)
     exits = any(s.exit_layer < L or min(s.tokens_per_layer) < len(s.input_ids) for s in out)
     name, value = target(kind, batches[0].input_ids.shape[0], rho, L, mean_exit, exits)
     return Row(F, r, batches[0].input_ids.shape[0], mean_exit,
@@ -172,8 +175,39 @@ def layer_times(model: MPEEModel, reps: int) -> None:
     for T in (128, 64, 40, 25, 13, 5, 1):
         print(f"| encoder layer, {T} tokens | {best(lambda: all_layers(torch.randn(1, T, D))) / L:.2f} |")
     print(f"| exit head | {best(lambda: all_heads(torch.randn(1, D))) / L:.3f} |")
-    h, mask, memory = torch.randn(1, 25, D), torch.ones(1, 25, dtype=torch.long), torch.rand(1, 24)
-    print(f"| prune_tokens (Eqs. 7-8), 25 tokens, R_ee 0.5 | {best(lambda: prune_tokens(h, mask, memory, 0.5)):.3f} |")
+    h, mask, memory = torch.randn(1, 26, D), torch.ones(1, 26, dtype=torch.long), torch.rand(1, 25)
+    mask[0, -1], memory[0, -1] = 0, 0.0                                # one padded position: the general path
+    print(f"| prune_tokens (Eqs. 7-8), 25 tokens, R_ee 0.5 | "
+          f"{best(lambda: prune_tokens(h[:, :25], mask[:, :25], memory[:, :24], 0.5)):.3f} |")
+    print(f"| the same, one padded position (general path) | {best(lambda: prune_tokens(h, mask, memory, 0.5)):.3f} |")
+
+
+@torch.inference_mode()
+def overhead(model: MPEEModel, batches: list, reps: int) -> None:
+    """Where the time goes when nothing exits: the plain classifier, the same layers with an exit head
+    (Eq. 9) after every layer, with the classifier memory (Eq. 10) as well, and ``infer`` (F = 0, R_ee = 0,
+    which adds the input checks, the bookkeeping and the result records), in alternating passes."""
+    L, lam = len(model.bert.layers), model.mpee_config.effective_lam
+
+    def every_layer_heads(b: Any, memory: bool) -> torch.Tensor:
+        h = model.bert.embeddings(b.input_ids, b.token_type_ids)                      # (B, T, D)
+        bias, c_zm = padding_bias(b.attention_mask, h.dtype), None
+        for l in range(L):
+            layer = model.bert.layers[l]
+            h = layer.ffn_sublayer(layer.attention_sublayer(h, bias)[0])             # (B, T, D)
+            c_z = model.exits[l](h[:, 0])                                             # (B, C)
+            c_zm = eq10_classifier_memory(c_zm, c_z, lam) if memory else c_z          # (B, C)
+        return c_zm
+
+    steps = [("plain classifier", lambda b: full_classifier(model, b)),
+             ("+ an exit head after every layer (Eq. 9)", lambda b: every_layer_heads(b, False)),
+             ("+ the classifier memory (Eq. 10)", lambda b: every_layer_heads(b, True)),
+             ("`model.infer`, F = 0, R_ee = 0", lambda b: model.infer(b, threshold=0.0, r_ee=0.0))]
+    interleaved([f for _, f in steps], batches[:2], 1)                              # warm-up
+    times = interleaved([f for _, f in steps], batches, reps)
+    print("| batch 1, nothing exiting | ms per input | × plain |\n|---|---:|---:|")
+    for (name, _), t in zip(steps, times):
+        print(f"| {name} | {1000 * t / len(batches):.2f} | {t / times[0]:.3f} |")
 
 
 def print_row(row: Row, L: int, n: int) -> None:
@@ -200,6 +234,8 @@ def main() -> int:
                     help=f"comma-separated F:R_ee pairs (default {DEMO_SETTINGS}; {BASE_SETTINGS} with "
                          f"--random-bert-base)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overhead", action="store_true",
+                    help="instead: batch-1 time of the plain classifier, + a head per layer, + Eq. 10, and infer")
     ap.add_argument("--layer-times", action="store_true",
                     help="instead: ms at batch 1 of one encoder layer at several token counts, an exit head, Eqs. 7-8")
     args = ap.parse_args()
@@ -215,6 +251,11 @@ def main() -> int:
         layer_times(model, reps * 4)
         return 0
     texts = read_texts(Path(args.texts), n, 128 if base else 0, model.tokenizer)
+    if args.overhead:
+        print(f"{'random bert-base' if base else args.model}, {n} inputs, {args.threads} threads, "
+              f"fastest of {reps}\n")
+        overhead(model, [model.tokenizer([t]) for t in texts], reps)
+        return 0
     L = model.bert_config.num_hidden_layers
     print(f"{'random bert-base (768/12/3072)' if base else args.model} (L={L}), {n} inputs "
           f"({'SST-2 dev sentences joined to 128 tokens' if base else args.texts}), {args.threads} threads, "

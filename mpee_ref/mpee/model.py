@@ -419,10 +419,12 @@ class MPEEModel(nn.Module):
         """Layer l's attention sub-layer (Eqs. 1-3), the Eq. 5-6 memory update and, on pruning layers,
         Eqs. 7-8. ``h`` ``(B, T, D)``, ``mask`` ``(B, T)``, ``a_m`` ``(B, T-1)`` or None, ``n_base`` ``(B,)``."""
         layer = self.bert.layers[l - 1]
-        z_tilde, probs = layer.attention_sublayer(h, padding_bias(mask, h.dtype))       # (B, T, D), (B, H, T, T)
+        bias = padding_bias(mask, h.dtype)                                              # None: nothing padded
+        z_tilde, probs = layer.attention_sublayer(h, bias)                              # (B, T, D), (B, H, T, T)
         if not prune_at:                         # token exit off, or R_ee keeps every token: A_m is never read
             return AttentionStep(z_tilde, mask, None, None)
-        a_m = eq06_attention_memory(a_m, self._token_scores(cfg, probs, mask), cfg.beta_at(l))   # (B, T-1)
+        a_class = self._token_scores(cfg, probs, None if bias is None else mask)         # (B, T-1)
+        a_m = eq06_attention_memory(a_m, a_class, cfg.beta_at(l))                       # (B, T-1)
         counts = self._prune_counts(cfg, l, n_base) if l in prune_at else None
         if counts is None:                       # not a pruning layer, or the padded slots prune nothing
             return AttentionStep(z_tilde, mask, a_m, None)

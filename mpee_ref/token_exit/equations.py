@@ -77,10 +77,11 @@ def eq05_class_attention(probs: Tensor, attention_mask: Tensor | None = None) ->
     The [CLS] key itself is left out (it is never pruned). Padded keys are set to 0 explicitly so
     the result does not depend on what the caller's softmax put there.
     """
-    valid = _key_mask(probs, attention_mask)                                   # (B, T)
     cls_row = probs[:, :, 0, 1:]                                               # (B, H, T-1)
     a_class = cls_row.mean(dim=1)                                              # (B, T-1)
-    return a_class * valid[:, 1:].to(a_class.dtype)                            # (B, T-1)
+    if attention_mask is None:                                                 # no padded key
+        return a_class
+    return a_class * (attention_mask[:, 1:] != 0).to(a_class.dtype)            # (B, T-1)
 
 
 def all_token_attention(probs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -154,12 +155,16 @@ def eq07_num_kept(n: Tensor, r_ee: float, r_ee_means: str = "exit") -> Tensor:
     3.0000000000000004 in floats. (A non-terminating R such as 1/3 is read as its repr
     0.3333333333333333, so N = 3 gives m = 3.) ``mpee_ref/numpy_ref`` uses the same rule.
     """
+    m = [_num_kept(int(n_b), r_ee, r_ee_means) for n_b in n.tolist()]
+    return torch.tensor(m, dtype=torch.long, device=n.device)                  # (B,)
+
+
+def _num_kept(n: int, r_ee: float, r_ee_means: str) -> int:
+    """Eq. (7)'s m for one sample as a Python integer: :math:`\\lceil N (1 - R_{ee}) \\rceil` on the exact decimal."""
     r = Fraction(repr(float(r_ee)))                                            # exact decimal, e.g. 7/10
     kept_fraction = 1 - r if r_ee_means == "exit" else r                      # 1 - R_ee (paper)
     p, q = kept_fraction.numerator, kept_fraction.denominator
-    # m = ceil(N p / q) in Python integers: no float rounding, no int64 overflow
-    m = [-((-int(n_b) * p) // q) for n_b in n.tolist()]
-    return torch.tensor(m, dtype=torch.long, device=n.device)                  # (B,)
+    return -((-n * p) // q)              # ceil(N p / q) in Python integers: no float rounding, no overflow
 
 
 def eq07_top_m(scores: Tensor, valid: Tensor, m: Tensor) -> Tensor:
@@ -275,6 +280,11 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
     position embeddings the order changes nothing else). A sample with p = 0 gets no fused token.
     """
     B, T, D = hidden.shape
+    if memory_alignment == "gather" and bool(attention_mask.all()):  # no padding (always so at batch 1)
+        m_all = _uniform_num_kept(T - 1, n_base, r_ee, r_ee_means)
+        if m_all is not None and m_all < T - 1:    # the same result with half the tensor ops
+            return _prune_full_rows(hidden, attention_mask.dtype, memory, m_all, select=select, fusion=fusion,
+                                    fused_memory=fused_memory, fused_mean_count=fused_mean_count)
     valid = attention_mask[:, 1:] != 0                                         # (B, N)
     n = valid.sum(dim=1)                                                       # (B,) N per sample
     m = eq07_num_kept(n if n_base is None else n_base, r_ee, r_ee_means).to(n.device)   # (B,)
@@ -315,7 +325,7 @@ def _fusion_weights(score: Tensor, fusion: str) -> Tensor:
     return torch.zeros_like(score)                                             # (B, N): "drop"
 
 
-def _fused_memory(score: Tensor, p: Tensor, fused_memory: str, fused_mean_count: Tensor | None) -> Tensor:
+def _fused_memory(score: Tensor, p: Tensor | None, fused_memory: str, fused_mean_count: Tensor | None) -> Tensor:
     """The fused token's :math:`A_m^l` entry ``(B,)``: the sum of the exited scores (so Σ memory is unchanged),
     or their mean over p (or over ``fused_mean_count``, the authors' count of exited padded slots)."""
     total = score.sum(dim=1)                                                   # (B,) Σ exited scores
@@ -361,6 +371,49 @@ def _splice(hidden: Tensor, attention_mask: Tensor, memory: Tensor, kept_first: 
         memory=ext_m.gather(1, mem_src),                                       # (B, T'-1)
         source_index=torch.where(src < N, src, torch.where(src == N, SOURCE_FUSED, SOURCE_PAD)),
         kept=kept, fused=fused, alpha=alpha, num_kept=m)
+
+
+def _uniform_num_kept(N: int, n_base: Tensor | None, r_ee: float, r_ee_means: str) -> int | None:
+    """m when every row has N real non-CLS tokens and all rows keep the same m (clipped to N), else None."""
+    ms = {min(_num_kept(int(nb), r_ee, r_ee_means), N) for nb in ([N] if n_base is None else n_base.tolist())}
+    return ms.pop() if len(ms) == 1 else None
+
+
+def _prune_full_rows(hidden: Tensor, mask_dtype: torch.dtype, memory: Tensor, m: int, *, select: str, fusion: str,
+                     fused_memory: str, fused_mean_count: Tensor | None) -> PruneResult:
+    r""":func:`prune_tokens` for rows without padding that all keep the same m < N (every batch of one).
+
+    The same steps on dense ``(B, N)`` rows: the m best positions by a stable sort, put back in position
+    order, gathered; Eq. 8's sum over all N rows (α is 0 on the kept ones, and no row is padding). At batch 1
+    a pruning layer is bound by the number of small tensor operations, not their size: this path runs
+    about a third of the general path's (``tools/bench_mpee.py --layer-times``), and returns the same
+    tensors (``tests/test_eq08_fusion.py`` checks it against the general path on a padded copy).
+    """
+    B, T, D = hidden.shape
+    N = T - 1
+    select_score = (memory if select == "top" else -memory).detach()          # (B, N)
+    best_first = torch.sort(select_score, dim=1, descending=True, stable=True).indices   # (B, N) ties: lower first
+    kept_index = best_first[:, :m].sort(dim=1).values                          # (B, m) in position order
+    keep = torch.zeros_like(memory, dtype=torch.bool).scatter_(1, kept_index, True)     # (B, N): Eq. 7
+    exited = ~keep                                                             # (B, N): p = N - m tokens
+    score = memory.masked_fill(keep, 0.0)                                      # (B, N): A_m on exited tokens
+    alpha = _fusion_weights(score, fusion)                                     # (B, N)
+    num_kept = torch.full((B,), m, dtype=torch.long, device=memory.device)     # (B,)
+    tokens = hidden[:, 1:].gather(1, kept_index[..., None].expand(B, m, D))    # (B, m, D): h_in
+    kept_memory = memory.gather(1, kept_index)                                 # (B, m)
+    if fusion == "drop":                                                       # no fused token
+        parts, memories, source = [hidden[:, :1], tokens], [kept_memory], kept_index
+    else:
+        h_eef = torch.einsum("bn,bnd->bd", alpha, hidden[:, 1:])               # (B, D): Σ_i α_i h_i
+        p = None if fused_memory == "sum" else N - num_kept                    # (B,)
+        mem_eef = _fused_memory(score, p, fused_memory, fused_mean_count)      # (B,)
+        parts, memories = [hidden[:, :1], tokens, h_eef[:, None]], [kept_memory, mem_eef[:, None]]
+        source = torch.cat([kept_index, num_kept.new_full((B, 1), SOURCE_FUSED)], dim=1)    # (B, m+1)
+    width = source.shape[1]                                                    # T' - 1
+    return PruneResult(hidden=torch.cat(parts, dim=1),                         # (B, T', D)
+                       attention_mask=torch.ones(B, 1 + width, dtype=mask_dtype, device=memory.device),
+                       memory=torch.cat(memories, dim=1), source_index=source,  # (B, T'-1)
+                       kept=keep, fused=exited, alpha=alpha, num_kept=num_kept)
 
 
 # ----------------------------------------------------------------------------- Eq. (7) over padded slots
