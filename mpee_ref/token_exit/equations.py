@@ -273,7 +273,9 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
             of p (the authors count every padded slot that exits).
     Returns:
         :class:`PruneResult`, T' = 1 + max_b(m_b + [b has a fused token]). If no sample prunes a token
-        and ``memory_alignment="gather"``, the inputs come back as they are (same length T).
+        and ``memory_alignment="gather"``, the inputs come back as they are (same length T). Rows without
+        padding that all keep the same m (every batch of one) take :func:`_prune_full_rows`, which returns
+        the same tensors with fewer operations.
 
     Deviation (E8-2, E6-2): kept tokens stay in position order with their own memory entries (the
     authors keep score order and truncate the memory: ``memory_alignment="truncate"``; without re-added
