@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "ablation": "mpee_ref.experiments.ablation",    # Tables 2, 3
     "diagnose": "mpee_ref.experiments.diagnose",    # per-layer exit-head health
     "compare": "mpee_ref.experiments.compare",      # MPEE vs the baselines (Table 1, Figs. 3-4)
+    "search": "mpee_ref.experiments.search",        # the baselines' hyper-parameter search on dev
 }
 
 

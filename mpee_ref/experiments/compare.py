@@ -51,7 +51,7 @@ import signal
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..baselines.registry import METHODS, get_method
 from ..data import read_glue
@@ -63,7 +63,7 @@ from .checkpointing import latest_checkpoint
 from .evaluate import run_inference
 from .families import load_trained, summarize_baseline
 from .figures import have_matplotlib
-from .flags import add_flags, arg, command_parser, from_flags, resolve_device
+from .flags import arg, command_parser, from_flags, resolve_device
 from .loading import TaskArgs
 from .options import check_cli_numbers, comma_list
 from .seeds import mean_std
@@ -374,23 +374,26 @@ def _write_outputs(out: Path, result: dict[str, Any], by_method: Mapping[str, Se
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = command_parser(subparsers, "compare", "MPEE against the baselines on one backbone (Table 1, Figs. 3-4)",
-                       __doc__)
-    add_flags(p, CompareArgs)
-    return p
+    return command_parser(subparsers, "compare", "MPEE against the baselines on one backbone (Table 1, Figs. 3-4)", __doc__, flags=CompareArgs)
 
 
 def run(args: argparse.Namespace) -> int:
     """The ``compare`` command; ValueError/OSError reach ``__main__`` (one line, exit 2)."""
+    return run_command(from_flags(CompareArgs, args), run_comparison, "compare",
+                       "no table: the comparison needs 'plain' and at least one other method")
+
+
+def run_command(a: CompareArgs, runner: Callable[[Any], dict[str, Any]], name: str, no_table: str) -> int:
+    """``compare`` and ``search``: threads, ``runner(a)``, its table printed (``no_table`` if it has none);
+    Ctrl-C / SIGTERM: the run in progress saved a checkpoint, rerunning continues."""
     import torch
-    a = from_flags(CompareArgs, args)
     check_cli_numbers(a.threads, batch_size=a.batch_size)
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        result = run_comparison(a)
-    except KeyboardInterrupt as e:          # Ctrl-C / SIGTERM: the run in progress saved a checkpoint
-        print("compare: interrupted; run the same command again to continue", file=sys.stderr)
+        result = runner(a)
+    except KeyboardInterrupt as e:
+        print(f"{name}: interrupted; run the same command again to continue", file=sys.stderr)
         return 128 + int(getattr(e, "signum", signal.SIGINT))
-    print(result.get("table", "no table: the comparison needs 'plain' and at least one other method"))
+    print(result.get("table", no_table))
     return 0

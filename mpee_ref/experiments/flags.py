@@ -92,10 +92,15 @@ def from_flags(cls: type[T], ns: argparse.Namespace, **fixed: Any) -> T:
     return cls(**kw, **fixed)
 
 
-def command_parser(subparsers: Any, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
-    """A subcommand whose ``--help`` prints its module docstring as written."""
-    return subparsers.add_parser(name, help=help, description=doc,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def command_parser(subparsers: Any, name: str, help: str, doc: str | None,
+                   flags: type | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` prints its module docstring as written; ``flags``: a dataclass whose
+    fields become its flags (:func:`add_flags`)."""
+    parser = subparsers.add_parser(name, help=help, description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    if flags is not None:
+        add_flags(parser, flags)
+    return parser
 
 
 def resolve_device(name: str) -> torch.device:

@@ -269,24 +269,21 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
         memory_alignment: ``"gather"`` (default): kept tokens in position order, each with its own
             memory entry. ``"truncate"`` (authors): kept tokens in selection-score order, output memory
             slot j < m keeps the input's entry j (not its token's); applied even where nothing exits.
-        fused_mean_count: ``(B,)`` or None: with ``fused_memory="mean"``, divide by this count instead
-            of p (the authors count every padded slot that exits).
+        fused_mean_count: ``(B,)`` or None: ``fused_memory="mean"`` divides by it, not p (authors: padded slots).
     Returns:
         :class:`PruneResult`, T' = 1 + max_b(m_b + [b has a fused token]). If no sample prunes a token
-        and ``memory_alignment="gather"``, the inputs come back as they are (same length T). Rows without
-        padding that all keep the same m (every batch of one) take :func:`_prune_full_rows`, which returns
-        the same tensors with fewer operations.
+        and ``memory_alignment="gather"``, the inputs come back as they are (same length T). Unpadded rows
+        that all keep the same m (any batch of one) take :func:`_prune_full_rows`: the same tensors, faster.
 
     Deviation (E8-2, E6-2): kept tokens stay in position order with their own memory entries (the
     authors keep score order and truncate the memory: ``memory_alignment="truncate"``; without re-added
     position embeddings the order changes nothing else). A sample with p = 0 gets no fused token.
     """
     B, T, D = hidden.shape
-    if memory_alignment == "gather" and bool(attention_mask.all()):  # no padding (always so at batch 1)
-        m_all = _uniform_num_kept(T - 1, n_base, r_ee, r_ee_means)
-        if m_all is not None and m_all < T - 1:    # the same result with half the tensor ops
-            return _prune_full_rows(hidden, attention_mask.dtype, memory, m_all, select=select, fusion=fusion,
-                                    fused_memory=fused_memory, fused_mean_count=fused_mean_count)
+    m_all = _uniform_num_kept(T - 1, n_base, r_ee, r_ee_means) if memory_alignment == "gather" else None
+    if m_all is not None and m_all < T - 1 and bool(attention_mask.all()):   # no padding: a third of the ops
+        return _prune_full_rows(hidden, attention_mask.dtype, memory, m_all, select, fusion, fused_memory,
+                                fused_mean_count)
     valid = attention_mask[:, 1:] != 0                                         # (B, N)
     n = valid.sum(dim=1)                                                       # (B,) N per sample
     m = eq07_num_kept(n if n_base is None else n_base, r_ee, r_ee_means).to(n.device)   # (B,)
@@ -294,11 +291,7 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
     p = n - m                                                                  # (B,)
     truncate = memory_alignment == "truncate"
     if not truncate and not bool((p > 0).any()):  # nothing exits (m = N everywhere): no sort needed
-        arange_n = torch.arange(T - 1, device=hidden.device)                   # (N,)
-        return PruneResult(
-            hidden=hidden, attention_mask=attention_mask, memory=memory,
-            source_index=torch.where(valid, arange_n[None, :], torch.full_like(valid, SOURCE_PAD, dtype=torch.long)),
-            kept=valid.clone(), fused=torch.zeros_like(valid), alpha=torch.zeros_like(memory), num_kept=m)
+        return _unchanged(hidden, attention_mask, memory, valid, m)
     # ---- Eq. (7): keep the m best tokens h_in, the p others exit
     select_score = memory if select == "top" else -memory                     # (B, N)
     keep = eq07_top_m(select_score, valid, m)                                  # (B, N)
@@ -313,6 +306,15 @@ def prune_tokens(hidden: Tensor, attention_mask: Tensor, memory: Tensor, r_ee: f
     kept_first = _kept_order(keep, select_score, truncate)                     # (B, N) kept tokens first
     return _splice(hidden, attention_mask, memory, kept_first, has_fused, h_eef, mem_eef, truncate,
                    kept=keep, fused=exited, alpha=alpha, num_kept=m)
+
+
+def _unchanged(hidden: Tensor, attention_mask: Tensor, memory: Tensor, valid: Tensor, m: Tensor) -> PruneResult:
+    """:func:`prune_tokens` where no token exits: the inputs themselves, every real token kept in place."""
+    arange_n = torch.arange(valid.shape[1], device=hidden.device)              # (N,)
+    return PruneResult(
+        hidden=hidden, attention_mask=attention_mask, memory=memory,
+        source_index=torch.where(valid, arange_n[None, :], torch.full_like(valid, SOURCE_PAD, dtype=torch.long)),
+        kept=valid.clone(), fused=torch.zeros_like(valid), alpha=torch.zeros_like(memory), num_kept=m)
 
 
 def _fusion_weights(score: Tensor, fusion: str) -> Tensor:
@@ -381,7 +383,7 @@ def _uniform_num_kept(N: int, n_base: Tensor | None, r_ee: float, r_ee_means: st
     return ms.pop() if len(ms) == 1 else None
 
 
-def _prune_full_rows(hidden: Tensor, mask_dtype: torch.dtype, memory: Tensor, m: int, *, select: str, fusion: str,
+def _prune_full_rows(hidden: Tensor, mask_dtype: torch.dtype, memory: Tensor, m: int, select: str, fusion: str,
                      fused_memory: str, fused_mean_count: Tensor | None) -> PruneResult:
     r""":func:`prune_tokens` for rows without padding that all keep the same m < N (every batch of one).
 
