@@ -414,7 +414,8 @@ def c_e2e_authors(t, a):
     for b in range(t["input_ids"].shape[0]):
         e = int(out[f"s{b}/exit_layer"])
         out[f"s{b}/final_classifier"] = torch.tensor(e == L and not float(out[f"s{b}/entropy"][-1]) < cfg.threshold)
-        ex, full = authors_code_sample_macs(e, cfg.prune_layer_set(L), cfg.r_ee, L, D, max_len=cfg.pad_to)
+        macs = authors_code_sample_macs(e, cfg.prune_layer_set(L), cfg.r_ee, L, D, max_len=cfg.pad_to)
+        ex, full = macs.executed, macs.full
         out[f"s{b}/macs_authors_code_executed"], out[f"s{b}/macs_authors_code_full"] = torch.tensor(ex), torch.tensor(full)
     return out
 

@@ -108,8 +108,8 @@ def _authors_code_block(samples: Sequence[SampleResult], cfg: Any, L: int, D: in
         return None                             # keeping 0 tokens has no padded-length analogue
     per = [authors_code_sample_macs(s.exit_layer, prune, keep, L, D, max_len, fused=cfg.fusion != "drop")
            for s in samples]
-    return {"unit": "MACs", "max_len": max_len, "rho": eq15_speedup([f for _, f in per], [e for e, _ in per]),
-            "executed": sum(e for e, _ in per), "full": sum(f for _, f in per)}
+    return {"unit": "MACs", "max_len": max_len, "rho": eq15_speedup([f.full for f in per], [f.executed for f in per]),
+            "executed": sum(f.executed for f in per), "full": sum(f.full for f in per)}
 
 
 def _authors_block(samples: Sequence[SampleResult], cfg: Any, L: int, D: int, F: int, max_len: int) -> dict:

@@ -398,8 +398,8 @@ def authors_code_lengths(exit_layer: int, prune_layers: Sequence[int], keep_rati
 
 def authors_code_sample_macs(exit_layer: int, prune_layers: Sequence[int], keep_ratio: float,
                              num_layers: int, hidden: int, max_len: int = 128,
-                             fused: bool = True) -> tuple[int, int]:
-    r"""One sample's (executed, full) exactly as the authors' evaluation loop adds them up (MACs).
+                             fused: bool = True) -> SampleFlops:
+    r"""One sample's executed and full cost exactly as the authors' evaluation loop adds them up (MACs).
 
     With :math:`a(n) = 2Dn^2 + 4D^2n` (attention), :math:`f(n) = 8D^2n` (FFN) and :math:`n_1..n_e`
     the recorded lengths of :func:`authors_code_lengths`:
@@ -418,7 +418,7 @@ def authors_code_sample_macs(exit_layer: int, prune_layers: Sequence[int], keep_
         exit_layer: e.  prune_layers, keep_ratio, num_layers, max_len, fused: as in
             :func:`authors_code_lengths`.  hidden: D.
     Returns:
-        (executed, full) in MACs.
+        :class:`SampleFlops` in MACs; ``per_layer[i - 1]`` is step i's charge (step 1 with layer 1's attention).
 
     Deviation (F8): the authors hard-code the last layer as index 11 (12 layers); here it is L.
     """
@@ -426,7 +426,7 @@ def authors_code_sample_macs(exit_layer: int, prune_layers: Sequence[int], keep_
     D, L, n0 = _int("hidden", hidden), _int("num_layers", num_layers), _int("max_len", max_len)
     attention = lambda n: 2 * D * n * n + 4 * D * D * n                  # noqa: E731
     ffn = lambda n: 8 * D * D * n                                       # noqa: E731
-    executed = attention(n0)                                            # layer 1's attention
-    for i, n in enumerate(rec, start=1):
-        executed += ffn(n) if i == L else attention(n) + ffn(n)         # layer i's FFN (+ layer i+1's attention)
-    return executed, L * (attention(n0) + ffn(n0))
+    steps = [ffn(n) if i == L else attention(n) + ffn(n)                # layer i's FFN (+ layer i+1's attention)
+             for i, n in enumerate(rec, start=1)]
+    per_layer = (attention(n0) + steps[0], *steps[1:])                  # + layer 1's attention
+    return SampleFlops(executed=sum(per_layer), full=L * (attention(n0) + ffn(n0)), per_layer=per_layer)
