@@ -171,3 +171,21 @@ def test_per_method_flags():
     assert compare.per_method_flags("") == {}
     with pytest.raises(ValueError, match="expected 'METHOD: FLAGS'"):
         compare.per_method_flags("--lr 1e-4")
+
+
+def test_a_finished_run_is_reused_under_another_name_of_its_folders(tmp_path):
+    """A run reached through a link (e.g. a search candidate linking an earlier comparison's runs) matches
+    when its model and data folders are the same folders under other names."""
+    from mpee_ref.experiments import TrainArgs
+    from mpee_ref.experiments.ablation import check_same_args
+    from mpee_ref.experiments.runs import jsonable_args
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    saved = TrainArgs(task="sst-2", data_dir=str(tmp_path / "real"), out=str(tmp_path), model=str(tmp_path / "real"))
+    (tmp_path / "train_summary.json").write_text(json.dumps({"args": jsonable_args(saved)}))
+    check_same_args(tmp_path, TrainArgs(task="sst-2", data_dir=str(tmp_path / "link"), out=str(tmp_path),
+                                        model=str(tmp_path / "link")))
+    with pytest.raises(ValueError, match=r"differs in \['model'\]"):
+        check_same_args(tmp_path, TrainArgs(task="sst-2", data_dir=str(tmp_path / "real"), out=str(tmp_path),
+                                            model=str(tmp_path)))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 from dataclasses import fields, replace
 from pathlib import Path
@@ -167,6 +168,10 @@ def check_same_args(row_out: Path, targs: TrainArgs) -> None:
     saved = {**argument_defaults(targs), **(json.loads(summary.read_text(encoding="utf-8")).get("args") or {})}
     saved = {k: v for k, v in saved.items() if k not in OPERATIONAL}     # fields added since: their defaults
     now = {k: v for k, v in jsonable_args(targs).items() if k not in OPERATIONAL}
+    for k in ("model", "data_dir"):                  # two names of one folder (a link, a relative path) agree
+        if isinstance(saved.get(k), str) and isinstance(now.get(k), str) and \
+                os.path.realpath(saved[k]) == os.path.realpath(now[k]):
+            saved[k] = now[k]
     if saved != now:
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise ValueError(f"{row_out}: was trained with other arguments (differs in {diff}); delete it to retrain")
