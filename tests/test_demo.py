@@ -20,8 +20,9 @@ def test_committed_demo_model_is_small_and_loads():
 
 
 def test_demo_prints_a_layer_by_layer_trace(capsys):
-    # the built-in examples at the model's default operating point (F 0.5, R_ee 0.5): one sentence
+    # the built-in examples at the model's default operating point (mpee_config.json): one sentence
     # leaves at layer 1 (the paper's "exit immediately at the first layer"), another prunes and fuses tokens
+    F = load_mpee(DEFAULT_MODEL).mpee_config.threshold
     assert main(["demo", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     blocks = out.split('\n"')[1:]                                           # one block per sentence
@@ -32,7 +33,7 @@ def test_demo_prints_a_layer_by_layer_trace(capsys):
         assert rows, block
         assert [int(r[0]) for r in rows] == list(range(1, len(rows) + 1))    # layers 1..exit
         assert rows[-1][5] == "EXIT" and all(r[5] == "continue" for r in rows[:-1])
-        assert all((float(r[3]) < 0.5) == (r[4] == "<") for r in rows[:-1])  # entropy vs F shown right
+        assert all((float(r[3]) < F) == (r[4] == "<") for r in rows[:-1])    # entropy vs F shown right
         assert re.search(r"→ (positive|negative) at layer \d/6", block) and re.search(r"ρ = [\d.]+×", block)
         exits.append(len(rows))
     assert 1 in exits and max(exits) > 2
