@@ -60,6 +60,10 @@ def test_pareto_interpolation_and_within_tolerance_by_hand():
     assert compare.metric_at_rho(pts, 2.5) == pytest.approx(0.84)    # halfway between 0.88 and 0.80
     assert compare.metric_at_rho(pts, 1.0) == pytest.approx(0.90)
     assert compare.metric_at_rho(pts, 3.5) is None and compare.metric_at_rho(pts, 0.5) is None
+    # a gap in the sweep is not bridged: neighbours must lie within a factor 1.5 of the target
+    gap = [_pt(0.87, 1.2), _pt(0.51, 6.0)]
+    assert compare.metric_at_rho(gap, 2.0) is None and compare.metric_at_rho(gap, 2.0, span=5.0) == pytest.approx(0.81)
+    assert compare.metric_at_rho(gap, 1.2) == pytest.approx(0.87)
     assert compare.largest_rho_within(pts, reference=0.89).rho[0] == 2.0
     assert compare.largest_rho_within(pts, reference=0.95) is None
     assert compare.closest_to_rho(pts, 2.4).rho[0] == 2.0
@@ -73,21 +77,23 @@ def test_interpolated_metric_lies_between_front_neighbours(rows, rho):
     front = compare.pareto(pts)
     for a, b in zip(front, front[1:]):                 # a Pareto front trades metric for speed
         assert a.rho[0] < b.rho[0] and a.metric[0] > b.metric[0]
-    got = compare.metric_at_rho(pts, rho)
+    got = compare.metric_at_rho(pts, rho, span=math.inf)
     if front[0].rho[0] <= rho <= front[-1].rho[0]:
         assert got is not None
         assert front[-1].metric[0] - 1e-12 <= got <= front[0].metric[0] + 1e-12
         assert got >= max((p.metric[0] for p in front if p.rho[0] >= rho), default=-1) - 1e-12
     else:
         assert got is None
+    bridged = compare.metric_at_rho(pts, rho)                   # the default span only ever drops a reading
+    assert bridged is None or bridged == got
 
 
 def test_markdown_table_and_plots(tmp_path):
-    by_method = {"mpee": [_pt(0.88, 1.0, "mpee"), _pt(0.87, 2.6, "mpee")],
+    by_method = {"mpee": [_pt(0.88, 1.4, "mpee"), _pt(0.87, 2.6, "mpee")],
                  "static": [_pt(0.80, 1.95, "static")]}
     md = compare.comparison_markdown(by_method, plain=(0.88, 0.002), metric="accuracy")
     rows = md.strip().splitlines()
-    assert rows[2].startswith("| mpee | 1 | 87.38 | 2.60× ± 0.00 | 87.00 ± 0.00 | knob 2.6 |"), rows[2]
+    assert rows[2].startswith("| mpee | 1 | 87.50 | 2.60× ± 0.00 | 87.00 ± 0.00 | knob 2.6 |"), rows[2]
     assert rows[3] == "| static | 1 | 80.00 (ρ 1.95) | none | - | - |"           # nearest point, within 5%
     far = compare.comparison_markdown({"x": [_pt(0.8, 1.5, "x")]}, plain=(0.88, 0.0), metric="accuracy")
     assert far.strip().splitlines()[2] == "| x | 1 | - | none | - | - |"

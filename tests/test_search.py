@@ -33,11 +33,13 @@ def test_candidate_flags_come_after_the_family_and_the_method():
 
 
 def test_score_interpolates_at_the_target_or_reports_the_front_end():
-    sw = [_sweep("pabee", 0, [(1, 0.90, 1.0), (2, 0.80, 3.0)]), _sweep("pabee", 1, [(1, 0.90, 1.0), (2, 0.80, 3.0)])]
+    sw = [_sweep("pabee", 0, [(1, 0.90, 1.5), (2, 0.80, 2.5)]), _sweep("pabee", 1, [(1, 0.90, 1.5), (2, 0.80, 2.5)])]
     s = search.score("pabee", "c", sw, 2.0)
     assert s == Score("pabee", "c", pytest.approx(0.85), 2.0, True)
     short = search.score("pabee", "c", [_sweep("pabee", 0, [(1, 0.9, 1.0), (2, 0.88, 1.5)])], 2.0)
     assert short == Score("pabee", "c", 0.88, 1.5, False)
+    gap = search.score("deebert", "c", [_sweep("deebert", 0, [(1, 0.87, 1.2), (2, 0.51, 6.0)])], 2.0)
+    assert gap == Score("deebert", "c", 0.87, 1.2, False)          # no straight line across the gap
 
 
 def test_choose_prefers_reaching_the_target_then_the_metric_then_the_first_listed():

@@ -15,7 +15,8 @@ method) and the same dev data:
   for every seed only), the mean exit-layer histogram;
 * :func:`pareto`: the points no other point of the same method beats in both mean metric and mean ρ;
 * :func:`metric_at_rho`: the Table 1 column "metric at ρ ≈ 2×", read off the Pareto front by linear
-  interpolation in ρ (None outside the front's ρ range: never extrapolated);
+  interpolation in ρ between neighbours within a factor 1.5 of it (None outside the front's ρ range or
+  across a wider gap: never extrapolated, never bridged);
 * :func:`largest_rho_within`: the Table 1 column "largest ρ within one point of the plain backbone";
 * :func:`comparison_markdown` (the table), :func:`plot_tradeoff` (Fig. 3: one curve per method, error
   bars = std over seeds), :func:`plot_exit_histograms` (Fig. 4: exit layers of two methods at the
@@ -159,18 +160,25 @@ def pareto(points: Sequence[MethodPoint]) -> list[MethodPoint]:
     return sorted((p for p in unique.values() if not beaten(p)), key=lambda p: p.rho[0])
 
 
-def metric_at_rho(points: Sequence[MethodPoint], rho: float) -> float | None:
+def metric_at_rho(points: Sequence[MethodPoint], rho: float, span: float = 1.5) -> float | None:
     r"""Mean metric on the Pareto front at speed-up ``rho``, interpolated linearly between the two front
     points whose mean ρ brackets it (the front point itself if one sits exactly there); None when ``rho``
-    is outside the front's range.
+    is outside the front's range, or when the bracketing points are not both within a factor ``span`` of
+    ``rho`` (:math:`\rho_a \ge \rho / span`, :math:`\rho_b \le span \cdot \rho`).
 
     .. math:: m(\rho) = m_a + (m_b - m_a)\,\frac{\rho - \rho_a}{\rho_b - \rho_a}, \quad \rho_a \le \rho \le \rho_b
+
+    The span rule keeps a straight line across a gap in the sweep from standing in for an operating point:
+    a front with points only at 1.2x (87%) and 6x (51%, a constant classifier) has no reading at 2x.
     """
     front = pareto(points)
-    for a, b in zip(front, front[1:] + front[-1:]):
-        if a.rho[0] == rho:
-            return a.metric[0]
-        if a.rho[0] < rho <= b.rho[0]:
+    for p in front:
+        if p.rho[0] == rho:
+            return p.metric[0]
+    for a, b in zip(front, front[1:]):
+        if a.rho[0] < rho < b.rho[0]:
+            if a.rho[0] < rho / span or b.rho[0] > rho * span:
+                return None
             return a.metric[0] + (b.metric[0] - a.metric[0]) * (rho - a.rho[0]) / (b.rho[0] - a.rho[0])
     return None
 

@@ -7,8 +7,8 @@ makes that search a command on the same backbone, data, seeds and FLOPs counter 
 resumed the same way), plus the choice::
 
     score(method, candidate) = dev metric at ρ = target_rho on the method's Pareto front (mean over seeds,
-                               interpolated as Table 1's column; methods whose front does not reach
-                               target_rho score by their largest-ρ front point's metric, marked)
+                               interpolated as Table 1's column; a front with no reading there scores
+                               by its point nearest to target_rho, marked, and loses to any that has one)
 
 Candidate flags are appended to ``--baseline-train-args`` (and to ``--method-train-args`` of that method),
 so a candidate is one point of the baselines' training recipe (e.g. the classifier learning rate or
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.atomic import atomic_text
-from .compare import (CompareArgs, aggregate, metric_at_rho, pareto, per_method_flags, run_command,
+from .compare import (CompareArgs, aggregate, closest_to_rho, metric_at_rho, per_method_flags, run_command,
                       sweep_method, train_method)
 from .flags import arg, command_parser, from_flags
 from .options import comma_list
@@ -50,8 +50,8 @@ class SearchArgs(CompareArgs):
 
 @dataclass(frozen=True)
 class Score:
-    """One method trained with one candidate: its dev metric at the target ρ (``reached``: the front gets
-    there; else the metric of its largest-ρ front point, ``rho`` that point's ρ)."""
+    """One method trained with one candidate: its dev metric at the target ρ (``reached``: the front has a
+    reading there; else the metric of its front point nearest to the target, ``rho`` that point's ρ)."""
 
     method: str
     candidate: str
@@ -91,8 +91,8 @@ def score(method: str, candidate: str, sweeps: list[dict[str, Any]], target_rho:
     at = metric_at_rho(points, target_rho)
     if at is not None:
         return Score(method, candidate, at, target_rho, True)
-    top = pareto(points)[-1]
-    return Score(method, candidate, top.metric[0], top.rho[0], False)
+    near = closest_to_rho(points, target_rho)
+    return Score(method, candidate, near.metric[0], near.rho[0], False)
 
 
 def choose(scores: list[Score]) -> dict[str, Score]:
@@ -110,8 +110,8 @@ def search_markdown(scores: list[Score], chosen: dict[str, Score], candidates: d
                     a: SearchArgs) -> str:
     """The table (methods x candidates, the chosen one in bold) and the flags to give ``compare``."""
     names = list(candidates)
-    lines = [f"{metric} (%) at ρ = {a.target_rho:g}× on dev, seeds {a.seeds}; (ρ x) = the front stops short "
-             f"of it and this is its last point.", "",
+    lines = [f"{metric} (%) at ρ = {a.target_rho:g}× on dev, seeds {a.seeds}; (ρ x) = the front has no reading "
+             f"there and this is its point nearest to it.", "",
              "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     by = {(s.method, s.candidate): s for s in scores}
     for method in chosen:
