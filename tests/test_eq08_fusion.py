@@ -146,8 +146,10 @@ def test_prune_tokens_batched_equals_one_at_a_time(lengths, r_ee, fusion, fused_
         assert torch.equal(rb.hidden, hidden)
 
 
-def test_prune_tokens_gradcheck():
-    hidden, mask, memory = _batch([6, 4], T=6, D=3, seed=3)
+def _gradcheck_prune_tokens(lengths, seed):
+    """gradcheck of prune_tokens (hidden and memory) at R_ee 0.5 for every fusion with a fused token;
+    returns the batch, with gradients enabled."""
+    hidden, mask, memory = _batch(lengths, T=6, D=3, seed=seed)
     hidden.requires_grad_(True)
     memory.requires_grad_(True)
     for fusion in ("memory", "normalised"):
@@ -156,6 +158,11 @@ def test_prune_tokens_gradcheck():
                 r = prune_tokens(h, mask, mem, 0.5, fusion=fusion, fused_memory=fm)
                 return r.hidden, r.memory
             assert torch.autograd.gradcheck(f, (hidden, memory))
+    return hidden, mask, memory
+
+
+def test_prune_tokens_gradcheck():
+    hidden, mask, memory = _gradcheck_prune_tokens([6, 4], seed=3)
     # the fused token is trained through: d h_eef / d memory_i = h_i for an exited token i
     r = prune_tokens(hidden, mask, memory, 0.5)
     (g,) = torch.autograd.grad(r.hidden[0, -1, 0], memory)
@@ -204,12 +211,4 @@ def test_prune_tokens_unpadded_path_equals_general_path(B, n, r_ee, r_ee_means, 
 
 
 def test_prune_tokens_unpadded_path_gradcheck():
-    hidden, mask, memory = _batch([6, 6], T=6, D=3, seed=4)
-    hidden.requires_grad_(True)
-    memory.requires_grad_(True)
-    for fusion in ("memory", "normalised"):
-        for fm in ("sum", "mean"):
-            def f(h, mem, fusion=fusion, fm=fm):
-                r = prune_tokens(h, mask, mem, 0.5, fusion=fusion, fused_memory=fm)
-                return r.hidden, r.memory
-            assert torch.autograd.gradcheck(f, (hidden, memory))
+    _gradcheck_prune_tokens([6, 6], seed=4)                  # no padding: the dense path

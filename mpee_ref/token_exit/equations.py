@@ -155,16 +155,16 @@ def eq07_num_kept(n: Tensor, r_ee: float, r_ee_means: str = "exit") -> Tensor:
     3.0000000000000004 in floats. (A non-terminating R such as 1/3 is read as its repr
     0.3333333333333333, so N = 3 gives m = 3.) ``mpee_ref/numpy_ref`` uses the same rule.
     """
-    m = [_num_kept(int(n_b), r_ee, r_ee_means) for n_b in n.tolist()]
+    m = _num_kept([int(n_b) for n_b in n.tolist()], r_ee, r_ee_means)
     return torch.tensor(m, dtype=torch.long, device=n.device)                  # (B,)
 
 
-def _num_kept(n: int, r_ee: float, r_ee_means: str) -> int:
-    """Eq. (7)'s m for one sample as a Python integer: :math:`\\lceil N (1 - R_{ee}) \\rceil` on the exact decimal."""
+def _num_kept(ns: list[int], r_ee: float, r_ee_means: str) -> list[int]:
+    """Eq. (7)'s m per sample as Python integers: :math:`\\lceil N (1 - R_{ee}) \\rceil` on the exact decimal."""
     r = Fraction(repr(float(r_ee)))                                            # exact decimal, e.g. 7/10
     kept_fraction = 1 - r if r_ee_means == "exit" else r                      # 1 - R_ee (paper)
     p, q = kept_fraction.numerator, kept_fraction.denominator
-    return -((-n * p) // q)              # ceil(N p / q) in Python integers: no float rounding, no overflow
+    return [-((-n * p) // q) for n in ns]  # ceil(N p / q) in Python integers: no float rounding, no overflow
 
 
 def eq07_top_m(scores: Tensor, valid: Tensor, m: Tensor) -> Tensor:
@@ -379,7 +379,8 @@ def _splice(hidden: Tensor, attention_mask: Tensor, memory: Tensor, kept_first: 
 
 def _uniform_num_kept(N: int, n_base: Tensor | None, r_ee: float, r_ee_means: str) -> int | None:
     """m when every row has N real non-CLS tokens and all rows keep the same m (clipped to N), else None."""
-    ms = {min(_num_kept(int(nb), r_ee, r_ee_means), N) for nb in ([N] if n_base is None else n_base.tolist())}
+    bases = [N] if n_base is None else [int(nb) for nb in n_base.tolist()]
+    ms = {min(m, N) for m in _num_kept(bases, r_ee, r_ee_means)}
     return ms.pop() if len(ms) == 1 else None
 
 
