@@ -112,6 +112,8 @@ def run_identity(args: Any, model_info: dict[str, str] | None) -> dict[str, Any]
     (``--resume`` without ``--model``); the model is then taken from the checkpoint and not compared."""
     ident = {k: v for k, v in jsonable_args(args).items() if k not in OPERATIONAL}
     ident["model"] = model_info
+    if getattr(args, "distill_from", None):                  # the --distill-from teacher (L11), by content
+        ident["distill_from"] = model_fingerprint(args.distill_from)
     ident["data_dir"] = data_fingerprint(args.task, args.data_dir)
     ident["code_version"] = code_version()
     return ident
@@ -125,7 +127,7 @@ def identity_diff(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple
         a, b = saved.get(key), now.get(key)
         if key == "code_version" or (key == "model" and b is None):
             continue
-        if key in ("model", "data_dir") and isinstance(a, dict) and isinstance(b, dict):
+        if key in ("model", "data_dir", "distill_from") and isinstance(a, dict) and isinstance(b, dict):
             a = {k: v for k, v in a.items() if k != "path"}
             b = {k: v for k, v in b.items() if k != "path"}
         if a != b:

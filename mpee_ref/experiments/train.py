@@ -47,6 +47,7 @@ gathered from all ranks before the metric is computed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -69,6 +70,7 @@ from ..io import read_config
 from ..io.atomic import atomic_text
 from ..baselines import BaselineTrainOutput
 from ..baselines.registry import METHODS, get_method
+from ..losses import eq13_kd_loss
 from ..mpee import MPEEModel, load_mpee
 from . import distributed
 from .batching import EncodedDataset, EpochBatchSampler, collate, encode_examples
@@ -115,6 +117,11 @@ class TrainArgs:
     head_lr_mult: float = arg(1.0, "exit heads and teacher train at lr * this (docs L10)")
     freeze_backbone: bool = arg(False, "train only the exit heads and the teacher (the second stage of two-stage "
                                        "training: --model is then a fine-tuned model, e.g. a plain run's final/)")
+    distill_from: str | None = arg(None, "a fine-tuned model folder (e.g. a plain run's final/) whose last layer "
+                                         "teaches every exit: the loss gains --distill-weight * sum_l tau^2 "
+                                         "KL(teacher || exit l) at tau = --distill-tau (docs L11; not in the paper)")
+    distill_weight: float = arg(1.0, "weight of the --distill-from term")
+    distill_tau: float = arg(1.0, "temperature tau of the --distill-from term")
     batch_size: int = arg(32, "training batch size per process")
     epochs: int = arg(3, "passes over the training set")
     max_steps: int | None = arg(None, "total optimiser steps (overrides --epochs for the schedule)")
@@ -152,6 +159,11 @@ class TrainArgs:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not self.head_lr_mult > 0:
             raise ValueError(f"head_lr_mult must be > 0, got {self.head_lr_mult!r}")
+        for name in ("distill_weight", "distill_tau"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.distill_from is not None and self.method != "mpee":
+            raise ValueError(f"--distill-from: MPEE only; --method {self.method} has its own loss")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.model is None and not self.resume:
@@ -227,6 +239,57 @@ def loss_of(out: Any, labels: torch.Tensor, mode: str) -> torch.Tensor:
     return out.loss.total
 
 
+# ============================================================================ distillation from a fine-tuned model (L11)
+def load_distill_teacher(folder: str | Path, student: Model, device: torch.device) -> MPEEModel:
+    """The frozen teacher of ``--distill-from``: an MPEE folder (a ``--mode plain`` run's ``final/``, or any
+    MPEE model) with the student's classes and tokenizer, in eval mode, every parameter frozen."""
+    if not Path(folder).is_dir():
+        raise ValueError(f"--distill-from: {folder} is not a folder")
+    teacher = load_trained(folder)
+    if not isinstance(teacher, MPEEModel):
+        raise ValueError(f"--distill-from: {folder} holds a baseline ({method_name(teacher)}); give an MPEE or "
+                         f"plain run's final/")
+    if num_labels(teacher) != num_labels(student):
+        raise ValueError(f"--distill-from: {folder} has {num_labels(teacher)} classes, the student "
+                         f"{num_labels(student)}")
+    def reads(m: Model) -> tuple[bytes, bool]:                  # what maps a text to token ids
+        return m.tokenizer.vocab_file.read_bytes(), m.tokenizer.do_lower_case
+    if reads(teacher) != reads(student):
+        raise ValueError(f"--distill-from: {folder} has another vocab.txt or casing than the student; both must "
+                         f"read the same token ids")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
+@torch.no_grad()
+def distill_targets(teacher: MPEEModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(B, C)``: the teacher's prediction logits with every token kept and every layer run (its exit L,
+    or its final classifier), no dropout; draws no random numbers, so resumed runs stay bit-identical."""
+    cfg = dataclasses.replace(teacher.mpee_config, token_exit=False)
+    out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], config=cfg)
+    return out.memories[-1] if out.final_logits is None else out.final_logits
+
+
+def distill_loss(out: Any, mode: str, targets: torch.Tensor, weight: float, tau: float) -> torch.Tensor:
+    r"""The ``--distill-from`` term (L11): Eq. (13)'s per-exit :math:`\tau^2\,\mathrm{KL}` with the fine-tuned
+    model's logits ``targets`` ``(B, C)`` in place of the ensemble teacher t, in the usual KD direction
+    KL(teacher ‖ student), summed over the students and weighted:
+
+    .. math:: w \sum_l \tau^2\, \mathrm{KL}\big(\mathrm{softmax}(t_{ext}/\tau) \,\|\,
+              \mathrm{softmax}(C_{zm}^l/\tau)\big)
+
+    The students are what the loss trains: every memory :math:`C_{zm}^l` (the final classifier's logits in
+    exit L's place when there is one) for ``mpee``; the last head alone for ``plain``."""
+    if mode == "plain":
+        students = out.logits[-1:]                                                   # (1, B, C)
+    elif out.final_logits is None:
+        students = out.memories                                                      # (L, B, C)
+    else:
+        students = torch.cat([out.memories[:-1], out.final_logits[None]])            # (L, B, C)
+    return weight * eq13_kd_loss(students, targets, tau, "teacher_student").sum()
+
+
 # ============================================================================ run and state
 @dataclass(frozen=True)
 class TrainRun:
@@ -238,6 +301,7 @@ class TrainRun:
     dist: DistContext
     identity: dict[str, Any]               # run_identity (runs.py): stored in run.json and every checkpoint
     model: Model
+    teacher: MPEEModel | None              # the frozen --distill-from model (L11), or None
     net: torch.nn.Module                   # the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -314,6 +378,8 @@ def _check_request(args: TrainArgs, overwrite: bool) -> TaskSpec:
     spec = require_classes(get_task(args.task))
     if args.model is not None and not Path(args.model).is_dir():
         raise ValueError(f"--model: {args.model} is not a folder")
+    if args.distill_from is not None and not Path(args.distill_from).is_dir():
+        raise ValueError(f"--distill-from: {args.distill_from} is not a folder")
     if overwrite and args.resume:
         raise ValueError("--overwrite starts a run afresh, --resume continues one: pass only one of them")
     return spec
@@ -371,6 +437,7 @@ def set_up(args: TrainArgs, spec: TaskSpec, ctx: DistContext, identity: dict[str
     model = load_trained(resume.folder) if resume else build_model(args, spec.num_labels)
     if num_labels(model) != spec.num_labels:
         raise ValueError(f"model: has {num_labels(model)} classes, task {spec.name} has {spec.num_labels}")
+    teacher = load_distill_teacher(args.distill_from, model, ctx.device) if args.distill_from else None
     train_data, dev_data = _read_data(args, spec, model)
     out = Path(args.out)
     if ctx.is_writer:
@@ -393,7 +460,7 @@ def set_up(args: TrainArgs, spec: TaskSpec, ctx: DistContext, identity: dict[str
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
     log = RunLog(out / "log.jsonl" if ctx.is_writer else None)
     progress = Progress(total, args.progress and ctx.is_writer, args.log_every)
-    run = TrainRun(args, spec, out, ctx, identity, model, net, optimizer, scheduler, sampler, train_data,
+    run = TrainRun(args, spec, out, ctx, identity, model, teacher, net, optimizer, scheduler, sampler, train_data,
                    dev_data, probe, total, resume.folder if resume else None, log, progress, interrupt, command)
     return run, state
 
@@ -439,6 +506,7 @@ def train_step(run: TrainRun, state: TrainState, batch_idx: list[int]) -> float:
     """One optimiser step on ``batch_idx``; returns the loss (mean over ranks). NaN/Inf stop the run."""
     args = run.args
     batch = _on_device(collate(run.train_data, batch_idx, run.model.bert_config.pad_token_id), run.dist.device)
+    targets = distill_targets(run.teacher, batch) if run.teacher is not None else None          # (B, C)
     try:
         out = run.net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                       labels=batch["labels"] if args.mode == "mpee" else None)
@@ -447,6 +515,8 @@ def train_step(run: TrainRun, state: TrainState, batch_idx: list[int]) -> float:
             raise
         raise Diverged(_diverged(run, state, str(e))) from None
     loss = loss_of(out, batch["labels"], args.mode)
+    if targets is not None:
+        loss = loss + distill_loss(out, args.mode, targets, args.distill_weight, args.distill_tau)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if args.max_grad_norm > 0:
