@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,12 +15,13 @@ from safetensors.torch import load_file
 from mpee_ref.experiments import TrainArgs, train_model
 from mpee_ref.experiments.train import distill_loss, distill_targets, load_distill_teacher
 from mpee_ref.mpee import load_mpee
+from mpee_ref.mpee.model import TrainOutput
 from test_train import _args, make_tiny_encoder, make_tiny_sst2  # noqa: F401  (fixtures below)
 from test_train import deterministic_calls, one_thread, tiny  # noqa: F401
 
 
-def _out(memories: torch.Tensor, final: torch.Tensor | None = None) -> SimpleNamespace:
-    return SimpleNamespace(logits=memories, memories=memories, final_logits=final)
+def _out(memories: torch.Tensor, final: torch.Tensor | None = None) -> TrainOutput:
+    return TrainOutput(logits=memories, memories=memories, tokens=torch.zeros(memories.shape[:2]), final_logits=final)
 
 
 def test_distill_loss_hand_example():

@@ -243,8 +243,6 @@ def loss_of(out: Any, labels: torch.Tensor, mode: str) -> torch.Tensor:
 def load_distill_teacher(folder: str | Path, student: Model, device: torch.device) -> MPEEModel:
     """The frozen teacher of ``--distill-from``: an MPEE folder (a ``--mode plain`` run's ``final/``, or any
     MPEE model) with the student's classes and tokenizer, in eval mode, every parameter frozen."""
-    if not Path(folder).is_dir():
-        raise ValueError(f"--distill-from: {folder} is not a folder")
     teacher = load_trained(folder)
     if not isinstance(teacher, MPEEModel):
         raise ValueError(f"--distill-from: {folder} holds a baseline ({method_name(teacher)}); give an MPEE or "
@@ -281,12 +279,7 @@ def distill_loss(out: Any, mode: str, targets: torch.Tensor, weight: float, tau:
 
     The students are what the loss trains: every memory :math:`C_{zm}^l` (the final classifier's logits in
     exit L's place when there is one) for ``mpee``; the last head alone for ``plain``."""
-    if mode == "plain":
-        students = out.logits[-1:]                                                   # (1, B, C)
-    elif out.final_logits is None:
-        students = out.memories                                                      # (L, B, C)
-    else:
-        students = torch.cat([out.memories[:-1], out.final_logits[None]])            # (L, B, C)
+    students = out.logits[-1:] if mode == "plain" else out.loss_inputs              # (1 or L, B, C)
     return weight * eq13_kd_loss(students, targets, tau, "teacher_student").sum()
 
 

@@ -92,6 +92,17 @@ class TrainOutput:
     loss: LossTerms | None = None
     final_logits: Tensor | None = None
 
+    @property
+    def loss_inputs(self) -> Tensor:
+        """``(L, B, C)``: the logits Eqs. (11)-(13) train (:func:`loss_inputs`)."""
+        return loss_inputs(self.memories, self.final_logits)
+
+
+def loss_inputs(memories: Tensor, final_logits: Tensor | None) -> Tensor:
+    """``(L, B, C)``: the memories ``(L, B, C)``, with the final classifier's logits ``(B, C)`` in exit L's
+    place when there is one (the authors' code: head L then gets no gradient)."""
+    return memories if final_logits is None else torch.cat([memories[:-1], final_logits[None]])
+
 
 @dataclass(frozen=True)
 class LayerTrace:
@@ -504,8 +515,7 @@ class MPEEModel(nn.Module):
             tokens.append(mask.sum(1))
         memories_t = torch.stack(memories)                                           # (L, B, C)
         final = self._final_logits(h) if cfg.final_classifier else None              # (B, C)
-        # authors: the final classifier's raw logits take exit L's place in the loss (head L gets no gradient)
-        loss_in = memories_t if final is None else torch.cat([memories_t[:-1], final[None]])   # (L, B, C)
+        loss_in = loss_inputs(memories_t, final)                                     # (L, B, C)
         loss = None
         if labels is not None:
             if labels.shape != (input_ids.shape[0],):
