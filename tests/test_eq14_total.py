@@ -139,3 +139,42 @@ def test_loss_terms_frozen_and_bad_inputs_raise():
         mpee_loss(m, y, None, use_kd=False, gamma=0.1)
     # eq14_total_loss trusts its inputs: mpee_loss builds l_kd and teacher_ce, MPEEConfig checks gamma
     # (tests/test_boundaries.py)
+
+
+# ----------------------------------------------------------------------------- ce_weighting (L12)
+def test_ce_exit_weights_hand_example_and_bad_name():
+    from mpee_ref.losses import ce_exit_weights
+    assert torch.equal(ce_exit_weights(3), torch.ones(3))                          # the paper's sum
+    # depth, L = 3: w_l = 3 l / (1 + 2 + 3) = l / 2
+    assert torch.allclose(ce_exit_weights(3, "depth"), torch.tensor([0.5, 1.0, 1.5]))
+    with pytest.raises(ValueError, match="ce_weighting"):
+        ce_exit_weights(3, "linear")
+
+
+@settings(max_examples=25)
+@given(num_exits=st.integers(1, 24))
+def test_ce_exit_weights_depth_properties(num_exits):
+    from mpee_ref.losses import ce_exit_weights
+    w = ce_exit_weights(num_exits, "depth")
+    assert w.shape == (num_exits,) and bool((w > 0).all())
+    assert abs(float(w.sum()) - num_exits) < 1e-4                                 # same scale as uniform
+    assert bool((w[1:] > w[:-1]).all())                                            # deeper exits weigh more
+    assert torch.allclose(w / w[0], torch.arange(1, num_exits + 1, dtype=torch.float32))  # w_l ∝ l
+
+
+def test_mpee_loss_depth_weighting_weights_ce_only():
+    m, y, teacher = _setup(6)
+    plain = mpee_loss(m, y, teacher)
+    depth = mpee_loss(m, y, teacher, ce_weighting="depth")
+    w = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)                        # L = 3
+    assert torch.equal(depth.ce, plain.ce) and torch.equal(depth.kd, plain.kd)      # terms stay unweighted
+    assert torch.allclose(depth.total, (w * plain.ce).sum() + plain.kd.sum(), atol=1e-12)
+    no_kd = mpee_loss(m, y, None, use_kd=False, ce_weighting="depth")
+    assert torch.allclose(no_kd.total, (w * no_kd.ce).sum(), atol=1e-12)
+    # the weights move the gradient towards the deep exits: d total / d memories[l] scales with w_l
+    mu, md = m.clone().requires_grad_(), m.clone().requires_grad_()
+    mpee_loss(mu, y, None, use_kd=False).total.backward()
+    mpee_loss(md, y, None, use_kd=False, ce_weighting="depth").total.backward()
+    assert torch.allclose(md.grad, w.view(L, 1, 1) * mu.grad, atol=1e-12)
+    with pytest.raises(ValueError, match="ce_weighting"):
+        mpee_loss(m, y, teacher, ce_weighting="deep")

@@ -144,9 +144,11 @@ def test_port_defaults_are_mpeeconfig_defaults_and_unported_switches_are_refused
         MPEENumpy({}, {"head_norm": True}, {})
 
 
-def test_port_loss_matches_torch_under_the_authors_preset():
+@pytest.mark.parametrize("ce_weighting", ["uniform", "depth"])
+def test_port_loss_matches_torch_under_the_authors_preset(ce_weighting):
     """The training forward under MPEEConfig.authors (padded counts, truncated memory, final classifier in the
-    loss): e2e_authors covers inference only, so the loss is checked against the torch model here."""
+    loss): e2e_authors covers inference only, so the loss is checked against the torch model here; also
+    with Eq. 11's exits weighted by depth (L12)."""
     import torch
     from mpee_ref.config import BertConfig
     from mpee_ref.mpee import MPEEConfig, MPEEModel
@@ -156,11 +158,12 @@ def test_port_loss_matches_torch_under_the_authors_preset():
          if s["role"] in ("input", "param")}
     state = {k[len("param/"):]: v for k, v in t.items() if k.startswith("param/")}
     labels = np.array([(3 * b + 2) % 5 for b in range(t["input_ids"].shape[0])])
-    model = MPEEModel(BertConfig(**a["bert_config"]), MPEEConfig.from_dict(a["mpee_config"])).double().eval()
+    mpee_config = {**a["mpee_config"], "ce_weighting": ce_weighting}
+    model = MPEEModel(BertConfig(**a["bert_config"]), MPEEConfig.from_dict(mpee_config)).double().eval()
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     batch = [torch.from_numpy(np.array(t[k])) for k in ("input_ids", "attention_mask", "token_type_ids")]
     o = model(*batch, labels=torch.from_numpy(labels))
-    port = npr.MPEENumpy(a["bert_config"], a["mpee_config"], state).loss(
+    port = npr.MPEENumpy(a["bert_config"], mpee_config, state).loss(
         t["input_ids"], t["attention_mask"], t["token_type_ids"], labels)
     np.testing.assert_allclose(port.final_logits, o.final_logits.detach().numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(port.tokens, o.tokens.numpy())

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 KD_DIRECTIONS = ("student_teacher", "teacher_student")
 KD_REDUCTIONS = ("batchmean", "mean")
+CE_WEIGHTINGS = ("uniform", "depth")
 
 
 # ----------------------------------------------------------------------------- Eq. (11)
@@ -60,6 +61,30 @@ def eq11_cross_entropy(memories: Tensor, labels: Tensor) -> Tensor:
     index = labels.long().view(1, B, 1).expand(L, B, 1)                    # (L, B, 1)
     nll = -log_p.gather(-1, index).squeeze(-1)                             # (L, B): -I(y) o log y_hat
     return nll.mean(dim=1)                                                 # (L,)
+
+
+def ce_exit_weights(num_exits: int, weighting: str = "uniform") -> Tensor:
+    r"""The weight :math:`w_l` of exit l's cross-entropy in the sum of Eq. (11).
+
+    .. math:: \text{uniform: } w_l = 1 \qquad
+              \text{depth: } w_l = L \, \frac{l}{\sum_{k=1}^{L} k}
+
+    Args:
+        num_exits: L.
+        weighting: ``"uniform"`` (Eq. 11 as printed, the default) or ``"depth"`` (PABEE's weighted
+            average, Zhou et al. 2020, rescaled so that :math:`\sum_l w_l = L` as for ``"uniform"``).
+    Returns:
+        ``(L,)`` float32 weights.
+
+    Deviation (L12): ``"depth"`` is not the paper's; it lets the deeper exits, the last layer above
+    all, dominate the backbone's gradient. Off in every preset.
+    """
+    if weighting not in CE_WEIGHTINGS:
+        raise ValueError(f"ce_weighting must be one of {CE_WEIGHTINGS}, got {weighting!r}")
+    if weighting == "uniform":
+        return torch.ones(num_exits)                                       # (L,)
+    depth = torch.arange(1, num_exits + 1, dtype=torch.float32)            # (L,): l
+    return num_exits * depth / depth.sum()                                 # (L,)
 
 
 # ----------------------------------------------------------------------------- Eq. (12)
@@ -127,7 +152,7 @@ def eq13_kd_loss(memories: Tensor, teacher: Tensor, tau: float, direction: str =
 
 # ----------------------------------------------------------------------------- Eq. (14)
 def eq14_total_loss(l_ce: Tensor, l_kd: Tensor | None, *, gamma: float | None = None,
-                    teacher_ce: Tensor | None = None) -> Tensor:
+                    teacher_ce: Tensor | None = None, ce_weights: Tensor | None = None) -> Tensor:
     r"""Eq. (14), §3.2: the overall loss.
 
     .. math:: \mathcal{L} = \mathcal{L}_{CE} + \mathcal{L}_{KD}
@@ -141,11 +166,16 @@ def eq14_total_loss(l_ce: Tensor, l_kd: Tensor | None, *, gamma: float | None = 
         l_kd: ``(L,)`` from :func:`eq13_kd_loss`, or None (the "w/o WSD" ablation: CE only).
         gamma: None (the paper's sum, default) or γ in [0, 1] (authors: 0.1); needs l_kd and teacher_ce.
         teacher_ce: scalar CE of the teacher logits, only with ``gamma``.
+        ce_weights: ``(L,)`` :math:`w_l` multiplying each :math:`\mathrm{CE}_l` (:func:`ce_exit_weights`);
+            None = all ones, the paper's sum.
     Returns:
         scalar loss.
 
-    Deviation (L8): ``gamma`` is the authors' form, not the paper's; off by default.
+    Deviation (L8, L12): ``gamma`` is the authors' form, not the paper's; ``ce_weights`` other than
+    ones is ours. Both off by default.
     """
+    if ce_weights is not None:
+        l_ce = ce_weights.to(l_ce) * l_ce                                  # (L,): w_l CE_l
     if gamma is None:
         return l_ce.sum() if l_kd is None else l_ce.sum() + l_kd.sum()
     return ((1.0 - gamma) * l_ce + gamma * l_kd).sum() + gamma * teacher_ce
@@ -176,7 +206,7 @@ class LossTerms:
 def mpee_loss(memories: Tensor, labels: Tensor, teacher: "WeightedTeacher | None", *, tau: float = 3.0,
               use_kd: bool = True, kd_direction: str = "student_teacher", kd_reduction: str = "batchmean",
               detach_teacher_inputs: bool = True, detach_teacher_in_kd: bool = False,
-              gamma: float | None = None) -> LossTerms:
+              gamma: float | None = None, ce_weighting: str = "uniform") -> LossTerms:
     r"""The MPEE objective, Eqs. (11)-(14): CE of every exit plus self-distillation from the teacher.
 
     Args:
@@ -191,16 +221,19 @@ def mpee_loss(memories: Tensor, labels: Tensor, teacher: "WeightedTeacher | None
             how W_η, b_η, V get gradient under Eq. 14; with both detaches on and ``gamma=None`` the
             teacher receives no gradient at all).
         gamma: None = Eq. (14) as printed; a float = the authors' weighting (see :func:`eq14_total_loss`).
+        ce_weighting: ``"uniform"`` = Eq. (11) as printed; ``"depth"`` weights exit l's CE by
+            :math:`Ll/\sum_k k` (:func:`ce_exit_weights`, deviation L12). ``LossTerms.ce`` stays unweighted.
     Returns:
         :class:`LossTerms`.
     """
     check_memories(memories)
     check_labels(labels, memories.shape[1], memories.shape[2])
     ce = eq11_cross_entropy(memories, labels)                              # (L,)
+    weights = None if ce_weighting == "uniform" else ce_exit_weights(len(ce), ce_weighting)  # (L,)
     if not use_kd:
         if gamma is not None:
             raise ValueError(f"gamma={gamma} weights CE against KD; it needs use_kd=True")
-        return LossTerms(total=eq14_total_loss(ce, None), ce=ce)
+        return LossTerms(total=eq14_total_loss(ce, None, ce_weights=weights), ce=ce)
     if teacher is None:
         raise ValueError("teacher must be a WeightedTeacher when use_kd=True, got None")
     inputs = memories.detach() if detach_teacher_inputs else memories     # (L, B, C)
@@ -208,5 +241,5 @@ def mpee_loss(memories: Tensor, labels: Tensor, teacher: "WeightedTeacher | None
     t_kd = t.detach() if detach_teacher_in_kd else t                       # (B, C)
     kd = eq13_kd_loss(memories, t_kd, tau, kd_direction, kd_reduction)     # (L,)
     teacher_ce = None if gamma is None else eq11_cross_entropy(t.unsqueeze(0), labels)[0]  # ()
-    total = eq14_total_loss(ce, kd, gamma=gamma, teacher_ce=teacher_ce)
+    total = eq14_total_loss(ce, kd, gamma=gamma, teacher_ce=teacher_ce, ce_weights=weights)
     return LossTerms(total=total, ce=ce, kd=kd, teacher_logits=t, eta=eta, teacher_ce=teacher_ce)

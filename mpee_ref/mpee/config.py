@@ -24,7 +24,7 @@ from typing import Any
 
 from ..config import check_field_types, read_json_object
 from ..layer_exit.heads import HEAD_KINDS
-from ..losses.equations import KD_DIRECTIONS, KD_REDUCTIONS
+from ..losses.equations import CE_WEIGHTINGS, KD_DIRECTIONS, KD_REDUCTIONS
 from ..token_exit.equations import FUSED_MEMORIES, FUSIONS, MEMORY_ALIGNMENTS, R_EE_MEANINGS, TOKEN_SELECTS
 
 ABLATIONS = ("att-memory", "ee-fusion", "ee-memory", "wsd", "layer-ee", "token-ee")
@@ -60,7 +60,8 @@ def scale_layers(layers_of_12: tuple[int, ...], num_layers: int) -> tuple[int, .
 _CHOICES = {"r_ee_means": R_EE_MEANINGS, "ratio_base": RATIO_BASES, "token_score": TOKEN_SCORES,
             "fusion": FUSIONS, "fused_memory": FUSED_MEMORIES, "token_select": TOKEN_SELECTS,
             "memory_alignment": MEMORY_ALIGNMENTS, "head": HEAD_KINDS, "head_init": HEAD_INITS,
-            "kd_direction": KD_DIRECTIONS, "kd_reduction": KD_REDUCTIONS}
+            "kd_direction": KD_DIRECTIONS, "kd_reduction": KD_REDUCTIONS,
+            "ce_weighting": CE_WEIGHTINGS}
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class MPEEConfig:
     detach_teacher_inputs: bool = True      # Eq. 12 inputs C_zm detached (authors)
     detach_teacher_in_kd: bool = False      # t not detached inside the KL (authors): trains W_η, V
     gamma: float | None = None              # None: L = L_CE + L_KD (Eq. 14); float: authors' γ-weighted form
+    ce_weighting: str = "uniform"           # Eq. 11's sum over exits: "uniform" (paper) or "depth" (w_l ∝ l; ours, L12)
 
     def __post_init__(self) -> None:
         def check(cond: bool, msg: str) -> None:

@@ -526,7 +526,8 @@ class MPEEModel(nn.Module):
             loss = mpee_loss(loss_in, labels, self.teacher if cfg.use_kd else None, tau=cfg.tau,
                              use_kd=cfg.use_kd, kd_direction=cfg.kd_direction,
                              kd_reduction=cfg.kd_reduction, detach_teacher_inputs=cfg.detach_teacher_inputs,
-                             detach_teacher_in_kd=cfg.detach_teacher_in_kd, gamma=cfg.gamma)
+                             detach_teacher_in_kd=cfg.detach_teacher_in_kd, gamma=cfg.gamma,
+                             ce_weighting=cfg.ce_weighting)
         return TrainOutput(logits=torch.stack(logits), memories=memories_t, tokens=torch.stack(tokens),
                            loss=loss, final_logits=final)
 

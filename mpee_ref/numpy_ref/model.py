@@ -43,7 +43,8 @@ MPEE_DEFAULTS: dict[str, Any] = dict(
     fused_memory="sum", token_select="top", layer_exit=True, threshold=0.3, lam=0.9, classifier_memory=True,
     head="pooler", classifier_dropout=0.1, head_norm=False, head_init="pooler", use_kd=True, tau=3.0,
     kd_direction="student_teacher", kd_reduction="batchmean", detach_teacher_inputs=True,
-    detach_teacher_in_kd=False, gamma=None, pad_to=None, memory_alignment="gather", final_classifier=False)
+    detach_teacher_in_kd=False, gamma=None, pad_to=None, memory_alignment="gather", final_classifier=False,
+    ce_weighting="uniform")
 #: Switches of MPEEConfig the port does not implement: only their default value is accepted.
 NOT_PORTED = {"head_norm": "fold the standardisation into the heads first (MPEEModel.fold_head_norms) and save"}
 
@@ -355,13 +356,14 @@ class MPEENumpy:
         extra = dict(logits=np.stack(logits), tokens=np.stack(tokens), final_logits=final)
         loss_in = mem if final is None else np.concatenate([mem[:-1], final[None]])    # (L, B, C)
         ce = eq.eq11_cross_entropy(loss_in, labels)                                    # (L,)
+        w = eq.ce_exit_weights(L, c["ce_weighting"])                                   # (L,)
         if not c["use_kd"]:
-            return LossNumpy(float(eq.eq14_total_loss(ce, None)), ce, None, None, None, mem, **extra)
+            return LossNumpy(float(eq.eq14_total_loss(ce, None, ce_weights=w)), ce, None, None, None, mem, **extra)
         t, eta = eq.eq12_teacher(loss_in, *self.teacher)                               # (B, C), (B, L)
         kd = eq.eq13_kd_loss(loss_in, t, float(c["tau"]), c["kd_direction"], c["kd_reduction"])   # (L,)
         gamma = c["gamma"]
         teacher_ce = None if gamma is None else eq.eq11_cross_entropy(t[None], labels)[0]
-        total = eq.eq14_total_loss(ce, kd, gamma=gamma, teacher_ce=teacher_ce)
+        total = eq.eq14_total_loss(ce, kd, gamma=gamma, teacher_ce=teacher_ce, ce_weights=w)
         return LossNumpy(float(total), ce, kd, t, eta, mem, **extra)
 
     # ------------------------------------------------------------------ padded batch, static-shape style
