@@ -40,6 +40,7 @@ MASK = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
     ("kd_direction", ("both",)),                          # eq13_kd_loss
     ("kd_reduction", ("sum",)),                           # eq13_kd_loss
     ("gamma", (1.5, -0.1)),                               # eq14_total_loss
+    ("ce_weighting", ("deep",)),                          # ce_exit_weights
     ("pad_to", (1,)),                                     # padded_widths
 ])
 def test_config_refuses_what_the_equations_no_longer_check(field, values):
