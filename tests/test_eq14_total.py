@@ -144,9 +144,9 @@ def test_loss_terms_frozen_and_bad_inputs_raise():
 # ----------------------------------------------------------------------------- ce_weighting (L12)
 def test_ce_exit_weights_hand_example_and_bad_name():
     from mpee_ref.losses import ce_exit_weights
-    assert torch.equal(ce_exit_weights(3), torch.ones(3))                          # the paper's sum
+    assert torch.equal(ce_exit_weights(3), torch.ones(3, dtype=torch.float64))      # the paper's sum
     # depth, L = 3: w_l = 3 l / (1 + 2 + 3) = l / 2
-    assert torch.allclose(ce_exit_weights(3, "depth"), torch.tensor([0.5, 1.0, 1.5]))
+    assert torch.equal(ce_exit_weights(3, "depth"), torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64))
     with pytest.raises(ValueError, match="ce_weighting"):
         ce_exit_weights(3, "linear")
 
@@ -157,9 +157,9 @@ def test_ce_exit_weights_depth_properties(num_exits):
     from mpee_ref.losses import ce_exit_weights
     w = ce_exit_weights(num_exits, "depth")
     assert w.shape == (num_exits,) and bool((w > 0).all())
-    assert abs(float(w.sum()) - num_exits) < 1e-4                                 # same scale as uniform
+    assert abs(float(w.sum()) - num_exits) < 1e-12                                # same scale as uniform
     assert bool((w[1:] > w[:-1]).all())                                            # deeper exits weigh more
-    assert torch.allclose(w / w[0], torch.arange(1, num_exits + 1, dtype=torch.float32))  # w_l ∝ l
+    assert torch.allclose(w / w[0], torch.arange(1, num_exits + 1, dtype=torch.float64))  # w_l ∝ l
 
 
 def test_mpee_loss_depth_weighting_weights_ce_only():

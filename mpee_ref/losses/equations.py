@@ -74,7 +74,7 @@ def ce_exit_weights(num_exits: int, weighting: str = "uniform") -> Tensor:
         weighting: ``"uniform"`` (Eq. 11 as printed, the default) or ``"depth"`` (PABEE's weighted
             average, Zhou et al. 2020, rescaled so that :math:`\sum_l w_l = L` as for ``"uniform"``).
     Returns:
-        ``(L,)`` float32 weights.
+        ``(L,)`` float64 weights (:func:`eq14_total_loss` casts them to the loss's dtype).
 
     Deviation (L12): ``"depth"`` is not the paper's; it lets the deeper exits, the last layer above
     all, dominate the backbone's gradient. Off in every preset.
@@ -82,8 +82,8 @@ def ce_exit_weights(num_exits: int, weighting: str = "uniform") -> Tensor:
     if weighting not in CE_WEIGHTINGS:
         raise ValueError(f"ce_weighting must be one of {CE_WEIGHTINGS}, got {weighting!r}")
     if weighting == "uniform":
-        return torch.ones(num_exits)                                       # (L,)
-    depth = torch.arange(1, num_exits + 1, dtype=torch.float32)            # (L,): l
+        return torch.ones(num_exits, dtype=torch.float64)                  # (L,)
+    depth = torch.arange(1, num_exits + 1, dtype=torch.float64)            # (L,): l
     return num_exits * depth / depth.sum()                                 # (L,)
 
 

@@ -210,6 +210,8 @@ DEFINITIONS: dict[str, dict[str, Def]] = {
         "teacher_ce": ([], "CE of softmax(t), mean over B"), "total_paper": ([], "sum l_ce + sum l_kd"),
         "total_ce_only": ([], "sum l_ce"),
         "total_gamma": ([], "sum_l [(1 - gamma) l_ce + gamma l_kd] + gamma teacher_ce (authors' form)"),
+        "ce_weights_depth": (["L"], "w_l = L l / sum_k k, l = 1..L (ce_weighting='depth', L12)"),
+        "total_depth": ([], "sum_l w_l l_ce + sum l_kd with w = ce_weights_depth"),
     },
     "eq15_flops": {
         "layer_cases": (["K", "2"], "(n_att, n_ffn) pairs"), "n_att": (["L_b"], "tokens entering attention per layer"),
