@@ -47,7 +47,8 @@ from mpee_ref.flops import (authors_code_sample_macs, eq15_layer_flops, eq15_spe
                             head_flops, sample_flops)
 from mpee_ref.layer_exit import (eq09_exit_logits, eq09_pooled_exit_logits, eq10_classifier_memory,  # noqa: E402
                                  eq10_probabilities, exit_entropy, should_exit)
-from mpee_ref.losses import ce_exit_weights, eq11_cross_entropy, eq12_teacher, eq13_kd_loss, eq14_total_loss  # noqa: E402
+from mpee_ref.losses import (ce_exit_weights, eq11_cross_entropy, eq12_teacher, eq13_kd_loss,  # noqa: E402
+                             eq14_total_loss)
 from mpee_ref.token_exit import (eq05_class_attention, eq06_attention_memory, eq07_num_kept,  # noqa: E402
                                  eq07_top_m, eq08_fuse, padded_widths, prune_tokens)
 from mpee_ref.vectors.definitions import describe  # noqa: E402
@@ -287,12 +288,11 @@ def c_eq13(t, a):
 
 def c_eq14(t, a):
     teacher_ce = eq11_cross_entropy(t["teacher"][None], t["labels"])[0]
+    w = ce_exit_weights(len(t["l_ce"]), "depth")                            # (L,)
     return {"total_paper": eq14_total_loss(t["l_ce"], t["l_kd"]), "total_ce_only": eq14_total_loss(t["l_ce"], None),
             "teacher_ce": teacher_ce,
             "total_gamma": eq14_total_loss(t["l_ce"], t["l_kd"], gamma=a["gamma"], teacher_ce=teacher_ce),
-            "ce_weights_depth": ce_exit_weights(len(t["l_ce"]), "depth"),
-            "total_depth": eq14_total_loss(t["l_ce"], t["l_kd"],
-                                           ce_weights=ce_exit_weights(len(t["l_ce"]), "depth"))}
+            "ce_weights_depth": w, "total_depth": eq14_total_loss(t["l_ce"], t["l_kd"], ce_weights=w)}
 
 
 def c_eq15(t, a):

@@ -63,7 +63,8 @@ def eq11_cross_entropy(memories: Tensor, labels: Tensor) -> Tensor:
     return nll.mean(dim=1)                                                 # (L,)
 
 
-def ce_exit_weights(num_exits: int, weighting: str = "uniform") -> Tensor:
+def ce_exit_weights(num_exits: int, weighting: str = "uniform", *, dtype: torch.dtype = torch.float64,
+                    device: torch.device | str | None = None) -> Tensor:
     r"""The weight :math:`w_l` of exit l's cross-entropy in the sum of Eq. (11).
 
     .. math:: \text{uniform: } w_l = 1 \qquad
@@ -73,8 +74,10 @@ def ce_exit_weights(num_exits: int, weighting: str = "uniform") -> Tensor:
         num_exits: L.
         weighting: ``"uniform"`` (Eq. 11 as printed, the default) or ``"depth"`` (PABEE's weighted
             average, Zhou et al. 2020, rescaled so that :math:`\sum_l w_l = L` as for ``"uniform"``).
+        dtype, device: of the result (:func:`mpee_loss` asks for its CE's, so no copy per step).
     Returns:
-        ``(L,)`` float64 weights (:func:`eq14_total_loss` casts them to the loss's dtype).
+        ``(L,)`` weights. In float32 they equal the float64 ones rounded (one correctly rounded
+        division of exact integers).
 
     Deviation (L12): ``"depth"`` is not the paper's; it lets the deeper exits, the last layer above
     all, dominate the backbone's gradient. Off in every preset.
@@ -82,8 +85,8 @@ def ce_exit_weights(num_exits: int, weighting: str = "uniform") -> Tensor:
     if weighting not in CE_WEIGHTINGS:
         raise ValueError(f"ce_weighting must be one of {CE_WEIGHTINGS}, got {weighting!r}")
     if weighting == "uniform":
-        return torch.ones(num_exits, dtype=torch.float64)                  # (L,)
-    depth = torch.arange(1, num_exits + 1, dtype=torch.float64)            # (L,): l
+        return torch.ones(num_exits, dtype=dtype, device=device)           # (L,)
+    depth = torch.arange(1, num_exits + 1, dtype=dtype, device=device)     # (L,): l
     return num_exits * depth / depth.sum()                                 # (L,)
 
 
@@ -229,7 +232,7 @@ def mpee_loss(memories: Tensor, labels: Tensor, teacher: "WeightedTeacher | None
     check_memories(memories)
     check_labels(labels, memories.shape[1], memories.shape[2])
     ce = eq11_cross_entropy(memories, labels)                              # (L,)
-    weights = None if ce_weighting == "uniform" else ce_exit_weights(len(ce), ce_weighting)  # (L,)
+    weights = ce_exit_weights(len(ce), ce_weighting, dtype=ce.dtype, device=ce.device)  # (L,) w_l
     if not use_kd:
         if gamma is not None:
             raise ValueError(f"gamma={gamma} weights CE against KD; it needs use_kd=True")

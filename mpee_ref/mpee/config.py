@@ -109,7 +109,7 @@ class MPEEConfig:
     detach_teacher_inputs: bool = True      # Eq. 12 inputs C_zm detached (authors)
     detach_teacher_in_kd: bool = False      # t not detached inside the KL (authors): trains W_η, V
     gamma: float | None = None              # None: L = L_CE + L_KD (Eq. 14); float: authors' γ-weighted form
-    ce_weighting: str = "uniform"           # Eq. 11's sum over exits: "uniform" (paper) or "depth" (w_l ∝ l; ours, L12)
+    ce_weighting: str = "uniform"           # Eq. 11's sum: "uniform" (paper) or "depth" (w_l ∝ l; ours, L12)
 
     def __post_init__(self) -> None:
         def check(cond: bool, msg: str) -> None:

@@ -82,12 +82,11 @@ def _teacher(npr, t, a):
 
 def _total(npr, t, a):
     tce = npr.eq11_cross_entropy(t["teacher"][None], t["labels"])[0]
+    w = npr.ce_exit_weights(len(t["l_ce"]), "depth")                       # (L,)
     return {"total_paper": npr.eq14_total_loss(t["l_ce"], t["l_kd"]),
             "total_ce_only": npr.eq14_total_loss(t["l_ce"], None), "teacher_ce": tce,
             "total_gamma": npr.eq14_total_loss(t["l_ce"], t["l_kd"], gamma=a["gamma"], teacher_ce=tce),
-            "ce_weights_depth": npr.ce_exit_weights(len(t["l_ce"]), "depth"),
-            "total_depth": npr.eq14_total_loss(t["l_ce"], t["l_kd"],
-                                               ce_weights=npr.ce_exit_weights(len(t["l_ce"]), "depth"))}
+            "ce_weights_depth": w, "total_depth": npr.eq14_total_loss(t["l_ce"], t["l_kd"], ce_weights=w)}
 
 
 def _flops(npr, t, a):

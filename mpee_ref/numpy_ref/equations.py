@@ -363,7 +363,8 @@ def eq13_kd_loss(memories: np.ndarray, teacher: np.ndarray, tau: float, directio
 
 
 def ce_exit_weights(num_exits: int, weighting: str = "uniform") -> np.ndarray:
-    r"""Weights :math:`w_l` of Eq. (11)'s per-exit CE: ``"uniform"`` 1 (paper), ``"depth"`` :math:`Ll/\sum_k k` (L12)."""
+    r"""Weights :math:`w_l` of Eq. (11)'s per-exit CE, ``(L,)``: ``"uniform"`` 1 (paper), ``"depth"``
+    :math:`Ll/\sum_k k` (L12)."""
     if weighting not in ("uniform", "depth"):
         raise ValueError(f"ce_weighting must be 'uniform' or 'depth', got {weighting!r}")
     depth = np.arange(1, num_exits + 1, dtype=np.float64)                  # (L,)
@@ -372,8 +373,8 @@ def ce_exit_weights(num_exits: int, weighting: str = "uniform") -> np.ndarray:
 
 def eq14_total_loss(l_ce: np.ndarray, l_kd: np.ndarray | None, *, gamma: float | None = None,
                     teacher_ce=None, ce_weights: np.ndarray | None = None):
-    r"""Eq. (14): :math:`\sum_l CE_l + \sum_l KD_l`; with γ: :math:`\sum_l[(1-\gamma)CE_l + \gamma KD_l] + \gamma CE(t)`.
-    ``ce_weights`` ``(L,)`` multiplies each :math:`CE_l` first (None = ones, the paper)."""
+    r"""Eq. (14): :math:`\sum_l CE_l + \sum_l KD_l`; with γ:
+    :math:`\sum_l[(1-\gamma)CE_l + \gamma KD_l] + \gamma CE(t)`. ``ce_weights`` ``(L,)`` multiplies each :math:`CE_l` first (None = ones, the paper)."""
     if ce_weights is not None:
         l_ce = ce_weights * l_ce                                           # (L,)
     if gamma is None:
