@@ -189,3 +189,49 @@ def test_two_stage_training_freezes_the_backbone_and_adds_standardisers(tmp_path
     assert not torch.equal(stage2["exits.0.classifier.weight"], stage1["exits.0.classifier.weight"])
     assert float(stage2["exits.0.norm.running_var"].sub(1).abs().max()) > 0      # statistics were gathered
     assert load_mpee(tmp_path / "heads" / "final").mpee_config.head_norm
+
+
+def test_freeze_layers_trains_only_the_layers_above_k_and_keeps_their_exits(tmp_path):
+    """``--freeze-layers 1`` (L13) on a recipe model: the embeddings, layer 1 and its exit head (weights and
+    running statistics) are bit-identical after training; every layer above, its head and the teacher move."""
+    from test_train import make_tiny_encoder, make_tiny_sst2
+    from mpee_ref.experiments import TrainArgs, train_model
+    from safetensors.torch import load_file
+
+    enc, data = make_tiny_encoder(tmp_path / "enc"), make_tiny_sst2(tmp_path / "data")
+    common = dict(task="sst-2", data_dir=str(data), batch_size=4, lr=1e-2, warmup_ratio=0.0, preset="recipe",
+                  max_train_examples=8, max_eval_examples=4, progress=False, deterministic=False, max_steps=2)
+    with pytest.warns(UserWarning):
+        train_model(TrainArgs(out=str(tmp_path / "joint"), model=str(enc), **common))
+    before = load_file(str(tmp_path / "joint" / "final" / "model.safetensors"))
+    train_model(TrainArgs(out=str(tmp_path / "top"), model=str(tmp_path / "joint" / "final"), freeze_layers=1,
+                          head_lr_mult=2.0, **common))
+    after = load_file(str(tmp_path / "top" / "final" / "model.safetensors"))
+    frozen = [k for k in before if k.startswith(("bert.embeddings.", "bert.encoder.layer.0.", "exits.0."))]
+    assert "exits.0.norm.running_mean" in frozen and len(frozen) > 20
+    assert all(torch.equal(after[k], before[k]) for k in frozen)
+    for k in ("bert.encoder.layer.1.attention.self.query.weight", "exits.1.classifier.weight",
+              "exits.1.norm.running_mean", "teacher.dense.weight"):
+        assert not torch.equal(after[k], before[k]), k
+
+
+def test_frozen_by_layers_names_the_embeddings_the_first_k_layers_and_their_heads():
+    from mpee_ref.experiments.train import frozen_by_layers
+    assert frozen_by_layers("bert.embeddings.word_embeddings.weight", 1)
+    assert frozen_by_layers("bert.encoder.layer.1.output.dense.bias", 2)
+    assert not frozen_by_layers("bert.encoder.layer.2.output.dense.bias", 2)
+    assert frozen_by_layers("exits.1.classifier.weight", 2) and not frozen_by_layers("exits.10.classifier.weight", 2)
+    assert not frozen_by_layers("teacher.dense.weight", 5) and not frozen_by_layers("bert.pooler.dense.weight", 5)
+    assert not frozen_by_layers("bert.embeddings.word_embeddings.weight", 0)
+
+
+def test_freeze_layers_refuses_every_layer_and_other_freezes():
+    from mpee_ref.experiments import TrainArgs
+    model = MPEEModel(BertConfig(vocab_size=50, hidden_size=D, num_hidden_layers=3, num_attention_heads=4,
+                                 intermediate_size=48, max_position_embeddings=16), MPEEConfig(num_labels=C))
+    with pytest.raises(ValueError, match="freeze at most 2"):
+        param_groups(model, 1e-3, 1.0, freeze_layers=3)
+    with pytest.raises(ValueError, match="--freeze-layers: MPEE only"):
+        TrainArgs(task="sst-2", data_dir="d", out="o", model="m", freeze_layers=1, method="pabee")
+    with pytest.raises(ValueError, match="freeze_layers must be an int >= 0"):
+        TrainArgs(task="sst-2", data_dir="d", out="o", model="m", freeze_layers=-1)

@@ -53,7 +53,7 @@ def test_every_train_args_field_has_a_flag_and_the_defaults_round_trip():
 def test_every_train_args_field_round_trips_a_non_default_value():
     changed = TrainArgs(model="M", mode="plain", preset="recipe", ablate=("wsd", "ee-fusion"),
                         overrides={"threshold": 0.2, "prune_layers": (2, 3)}, lr=1e-3, head_lr_mult=10.0,
-                        freeze_backbone=True, distill_from="T", distill_weight=0.5, distill_tau=2.0, batch_size=8, epochs=2, max_steps=7, max_seq_length=64,
+                        freeze_backbone=True, freeze_layers=2, distill_from="T", distill_weight=0.5, distill_tau=2.0, batch_size=8, epochs=2, max_steps=7, max_seq_length=64,
                         warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=0.5, seed=3, max_train_examples=11,
                         max_eval_examples=12, eval_every=5, eval_batch_size=4, save_every=6, log_every=2,
                         resume=True, stop_after_steps=4, progress=False, deterministic=False, device="cuda:1",

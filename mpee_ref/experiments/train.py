@@ -117,6 +117,9 @@ class TrainArgs:
     head_lr_mult: float = arg(1.0, "exit heads and teacher train at lr * this (docs L10)")
     freeze_backbone: bool = arg(False, "train only the exit heads and the teacher (the second stage of two-stage "
                                        "training: --model is then a fine-tuned model, e.g. a plain run's final/)")
+    freeze_layers: int = arg(0, "freeze the embeddings and layers 1..K with their exit heads (weights and the "
+                                "heads' running statistics); the layers above K, their heads and the teacher "
+                                "train: re-tunes the top of a jointly trained model (docs L13). 0: nothing frozen")
     distill_from: str | None = arg(None, "a fine-tuned model folder (e.g. a plain run's final/) whose last layer "
                                          "teaches every exit: the loss gains --distill-weight * sum_l tau^2 "
                                          "KL(teacher || exit l) at tau = --distill-tau (docs L11; not in the paper)")
@@ -162,6 +165,10 @@ class TrainArgs:
         for name in ("distill_weight", "distill_tau"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not isinstance(self.freeze_layers, int) or self.freeze_layers < 0:
+            raise ValueError(f"freeze_layers must be an int >= 0, got {self.freeze_layers!r}")
+        if self.freeze_layers and self.method != "mpee":
+            raise ValueError(f"--freeze-layers: MPEE only (--method {self.method} names its parameters otherwise)")
         if self.distill_from is not None and self.method != "mpee":
             raise ValueError(f"--distill-from: MPEE only; --method {self.method} has its own loss")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -199,18 +206,43 @@ def linear_schedule(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def param_groups(model: Model, lr: float, head_lr_mult: float,
-                 freeze_backbone: bool = False) -> list[dict[str, Any]]:
+def frozen_by_layers(name: str, k: int) -> bool:
+    """Whether ``--freeze-layers k`` freezes parameter ``name``: the embeddings (``bert.embeddings.*``),
+    encoder layers 1..k (``bert.encoder.layer.{0..k-1}.*``) and their exit heads (``exits.{0..k-1}.*``)."""
+    if k <= 0:
+        return False
+    if name.startswith("bert.embeddings."):
+        return True
+    for prefix in ("bert.encoder.layer.", "exits."):
+        if name.startswith(prefix):
+            return int(name[len(prefix):].split(".", 1)[0]) < k
+    return False
+
+
+def param_groups(model: Model, lr: float, head_lr_mult: float, freeze_backbone: bool = False,
+                 freeze_layers: int = 0) -> list[dict[str, Any]]:
     """Optimiser groups: the backbone (``bert.*``) at ``lr``; the exit heads and the teacher of Eq. 12
-    (a baseline's classifiers, ``heads.*``) at ``lr * head_lr_mult`` (docs L10). The schedule scales both alike. ``freeze_backbone`` leaves the
-    backbone out (and sets its ``requires_grad`` to False): the second stage of two-stage training."""
-    heads = [p for n, p in model.named_parameters() if not n.startswith("bert.")]
-    backbone = [p for n, p in model.named_parameters() if n.startswith("bert.")]
-    if freeze_backbone:
-        for p in backbone:
-            p.requires_grad_(False)
-        return [{"params": heads, "lr": lr * head_lr_mult}]
-    return [{"params": backbone, "lr": lr}, {"params": heads, "lr": lr * head_lr_mult}]
+    (a baseline's classifiers, ``heads.*``) at ``lr * head_lr_mult`` (docs L10). The schedule scales both
+    alike. ``freeze_backbone`` leaves the backbone out (and sets its ``requires_grad`` to False): the second
+    stage of two-stage training. ``freeze_layers = k`` leaves out what :func:`frozen_by_layers` names and
+    stops the running statistics of heads 1..k (momentum 0), so those exits decide exactly as before (L13)."""
+    if freeze_layers:
+        layers = len(model.exits)
+        if freeze_layers >= layers:
+            raise ValueError(f"freeze_layers: the model has {layers} layers; freeze at most {layers - 1} "
+                             f"(got {freeze_layers}; --freeze-backbone trains the heads alone)")
+        for head in list(model.exits)[:freeze_layers]:
+            if head.norm is not None:
+                head.norm.momentum = 0.0     # batch statistics still standardise in training; averages stay
+    frozen = [p for n, p in model.named_parameters()
+              if (freeze_backbone and n.startswith("bert.")) or frozen_by_layers(n, freeze_layers)]
+    for p in frozen:
+        p.requires_grad_(False)
+    ids = {id(p) for p in frozen}
+    heads = [p for n, p in model.named_parameters() if not n.startswith("bert.") and id(p) not in ids]
+    backbone = [p for n, p in model.named_parameters() if n.startswith("bert.") and id(p) not in ids]
+    return [{"params": backbone, "lr": lr}, {"params": heads, "lr": lr * head_lr_mult}] if backbone else \
+        [{"params": heads, "lr": lr * head_lr_mult}]
 
 
 # ============================================================================ the model family
@@ -443,7 +475,8 @@ def set_up(args: TrainArgs, spec: TaskSpec, ctx: DistContext, identity: dict[str
     sampler = EpochBatchSampler(len(train_data), args.batch_size, args.seed, ctx.rank, ctx.world)
     total = args.max_steps or args.epochs * len(sampler)
     warmup = int(round(args.warmup_ratio * total))
-    optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.head_lr_mult, args.freeze_backbone),
+    optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.head_lr_mult, args.freeze_backbone,
+                                               args.freeze_layers),
                                   betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(linear_schedule, total=total, warmup=warmup))
     state = _restore(resume, optimizer, scheduler, args, ctx)
