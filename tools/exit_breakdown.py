@@ -19,11 +19,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-
 from mpee_ref.experiments.breakdown import breakdown_markdown, exit_breakdown  # noqa: E402
 from mpee_ref.experiments.evaluate import run_inference  # noqa: E402
 from mpee_ref.experiments.loading import SplitArgs, load_split  # noqa: E402
+from mpee_ref.io.atomic import atomic_text  # noqa: E402
+
+EXITS_OFF = dict(token_exit=False, layer_exit=False)   # every sample runs every layer with every token
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,13 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     def load(folder: str, flag: str):
         split = SplitArgs(task=args.task, data_dir=args.data_dir, model=folder, split=args.split,
                           batch_size=args.batch_size, max_seq_length=args.max_seq_length,
-                          max_examples=args.max_examples)
+                          max_examples=args.max_examples, threads=args.threads)
         return load_split(split, flag=flag, require_mpee=True)
 
     try:
@@ -62,17 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model, data = main_split.model, main_split.data
     at_point = run_inference(model, data, args.batch_size, threshold=args.threshold, r_ee=args.r_ee)
-    off = run_inference(model, data, args.batch_size, threshold=0.0, r_ee=0.0)
+    off = run_inference(model, data, args.batch_size, **EXITS_OFF)
     ref = None if ref_split is None else [s.prediction for s in
-                                          run_inference(ref_split.model, data, args.batch_size,
-                                                        threshold=0.0, r_ee=0.0)]
+                                          run_inference(ref_split.model, data, args.batch_size, **EXITS_OFF)]
     rows = exit_breakdown([s.exit_layer for s in at_point], [s.prediction for s in at_point], data.labels,
                           [s.prediction for s in off], model.bert_config.num_hidden_layers, ref)
     print(f"{args.model} at F {args.threshold}, R_ee {args.r_ee} ({args.task} {args.split}, "
           f"{len(data.labels)} samples)" + (f"; reference {args.reference}" if args.reference else ""))
-    print(breakdown_markdown(rows, "reference"))
+    print(breakdown_markdown(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "reference": args.reference,
+        atomic_text(args.json, json.dumps({"model": args.model, "reference": args.reference,
                                                "threshold": args.threshold, "r_ee": args.r_ee,
                                                "rows": [dataclasses.asdict(r) for r in rows]}, indent=2) + "\n")
     return 0

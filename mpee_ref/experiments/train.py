@@ -234,15 +234,14 @@ def param_groups(model: Model, lr: float, head_lr_mult: float, freeze_backbone: 
         for head in list(model.exits)[:freeze_layers]:
             if head.norm is not None:
                 head.norm.momentum = 0.0     # batch statistics still standardise in training; averages stay
-    frozen = [p for n, p in model.named_parameters()
-              if (freeze_backbone and n.startswith("bert.")) or frozen_by_layers(n, freeze_layers)]
-    for p in frozen:
-        p.requires_grad_(False)
-    ids = {id(p) for p in frozen}
-    heads = [p for n, p in model.named_parameters() if not n.startswith("bert.") and id(p) not in ids]
-    backbone = [p for n, p in model.named_parameters() if n.startswith("bert.") and id(p) not in ids]
-    return [{"params": backbone, "lr": lr}, {"params": heads, "lr": lr * head_lr_mult}] if backbone else \
-        [{"params": heads, "lr": lr * head_lr_mult}]
+    backbone, heads = [], []
+    for n, p in model.named_parameters():
+        if (freeze_backbone and n.startswith("bert.")) or frozen_by_layers(n, freeze_layers):
+            p.requires_grad_(False)
+        else:
+            (backbone if n.startswith("bert.") else heads).append(p)
+    groups = [{"params": backbone, "lr": lr}] if backbone else []
+    return groups + [{"params": heads, "lr": lr * head_lr_mult}]
 
 
 # ============================================================================ the model family
