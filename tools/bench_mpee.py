@@ -50,7 +50,7 @@ from mpee_ref.encoder.equations import padding_bias  # noqa: E402
 from mpee_ref.layer_exit import eq10_classifier_memory  # noqa: E402
 from mpee_ref.token_exit import prune_tokens  # noqa: E402
 
-DEMO_SETTINGS = "0:0,0:0.5,0.3:0,0.5:0,0.3:0.5,0.5:0.5,0.6:0.5"
+DEMO_SETTINGS = "0:0,0:0.3,0.3:0,0.3:0.3,0.4:0.3,0.5:0.5,0.6:0.5"
 BASE_SETTINGS = "0:0.3,0:0.5,0:0.7"                                  # F = 0: token exit only
 BERT_BASE = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                        intermediate_size=3072)
