@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import load_tool
+
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_mpee", REPO / "tools" / "bench_mpee.py")
-bench = sys.modules["bench_mpee"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_tool("bench_mpee")
 
 
 def test_each_row_gets_the_issues_target():

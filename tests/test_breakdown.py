@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import given, strategies as st
+
+from conftest import load_tool
 
 from mpee_ref.experiments.breakdown import ExitRow, breakdown_markdown, exit_breakdown
 
@@ -53,9 +53,7 @@ def test_tool_on_the_demo_model(tmp_path, capsys, glue_dir):
     demo = REPO / "weights" / "mpee-minilm-sst2"
     if not (demo / "model.safetensors").is_file():
         pytest.skip("the committed demo model is missing")
-    spec = importlib.util.spec_from_file_location("exit_breakdown", REPO / "tools" / "exit_breakdown.py")
-    tool = sys.modules["exit_breakdown"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("exit_breakdown")
     out = tmp_path / "b.json"
     assert tool.main(["--model", str(demo), "--reference", str(demo), "--task", "sst-2", "--data-dir",
                       str(glue_dir), "--threshold", "0.5", "--r-ee", "0", "--max-examples", "24",

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import load_tool
 from test_train import make_tiny_encoder, make_tiny_sst2
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("four_stage", REPO / "tools" / "four_stage.py")
-four_stage = importlib.util.module_from_spec(_spec)
-sys.modules["four_stage"] = four_stage
-_spec.loader.exec_module(four_stage)
+four_stage = load_tool("four_stage")
 
 
 def _argv(tmp_path: Path, *extra: str) -> list[str]:

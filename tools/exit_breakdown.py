@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     print(breakdown_markdown(rows))
     if args.json:
         atomic_text(args.json, json.dumps({"model": args.model, "reference": args.reference,
-                                               "threshold": args.threshold, "r_ee": args.r_ee,
-                                               "rows": [dataclasses.asdict(r) for r in rows]}, indent=2) + "\n")
+                                           "threshold": args.threshold, "r_ee": args.r_ee,
+                                           "rows": [dataclasses.asdict(r) for r in rows]}, indent=2) + "\n")
     return 0
 
 

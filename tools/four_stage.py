@@ -63,18 +63,20 @@ def plan(args: argparse.Namespace) -> list[Stage]:
         if getattr(args, flag) is not None:
             common += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     k = str(args.freeze_layers)
-    heads = ["--preset", "recipe", "--head-lr-mult", str(args.head_lr_mult)]
+    heads = ("--preset", "recipe", "--head-lr-mult", str(args.head_lr_mult))
     plain_model = Path(args.plain) if args.plain else out / "plain" / "final"
+
+    def stage(name: str, model: Path | str, *flags: str) -> Stage:
+        return Stage(name, out / name, ("train", "--model", str(model), *flags, "--out", str(out / name), *common))
+
     stages = [
-        Stage("plain", out / "plain", ("--model", args.model, "--preset", "paper", "--mode", "plain",
-                                       "--epochs", str(args.plain_epochs))),
-        Stage("joint", out / "joint", ("--model", str(plain_model), *heads, "--epochs", str(args.epochs))),
-        Stage("top", out / "top", ("--model", str(out / "joint" / "final"), "--preset", "recipe", "--mode", "plain",
-                                   "--freeze-layers", k, "--epochs", str(args.epochs))),
-        Stage("heads", out / "heads", ("--model", str(out / "top" / "final"), *heads, "--freeze-backbone",
-                                       "--freeze-layers", k, "--epochs", str(args.epochs))),
+        stage("plain", args.model, "--preset", "paper", "--mode", "plain", "--epochs", str(args.plain_epochs)),
+        stage("joint", plain_model, *heads, "--epochs", str(args.epochs)),
+        stage("top", out / "joint" / "final", "--preset", "recipe", "--mode", "plain", "--freeze-layers", k,
+              "--epochs", str(args.epochs)),
+        stage("heads", out / "top" / "final", *heads, "--freeze-backbone", "--freeze-layers", k,
+              "--epochs", str(args.epochs)),
     ]
-    stages = [Stage(s.name, s.out, ("train", *s.argv, "--out", str(s.out), *common)) for s in stages]
     return stages[1:] if args.plain else stages
 
 
@@ -106,12 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     for stage in plan(args):
-        resume = ("--resume",) if stage.resumable and not stage.done else ()
-        command = "python -m mpee_ref " + shlex.join(stage.argv + resume)
         if stage.done:
             print(f"[{stage.name}] done, skipped: {stage.out / 'final'}")
             continue
-        print(f"[{stage.name}] $ {command}", flush=True)
+        resume = ("--resume",) if stage.resumable else ()
+        print(f"[{stage.name}] $ python -m mpee_ref {shlex.join(stage.argv + resume)}", flush=True)
         if args.dry_run:
             continue
         rc = mpee_cli(list(stage.argv + resume))
