@@ -153,7 +153,12 @@ def test_build_config_preset_ablation_plain():
     plain = build_config(2, 6, mode="plain")
     assert all(getattr(plain, k) == v for k, v in PLAIN_SWITCHES.items())
     with pytest.raises(ValueError, match="contradicts"):
-        build_config(2, 6, mode="plain", overrides={"token_exit": True})
+        build_config(2, 6, mode="plain", overrides={"layer_exit": True})
+    with pytest.raises(ValueError, match="contradicts"):
+        build_config(2, 6, mode="plain", overrides={"use_kd": True, "token_exit": True})
+    pruned = build_config(2, 6, mode="plain", overrides={"token_exit": True, "r_ee": 0.5})   # L14
+    assert (pruned.token_exit, pruned.r_ee, pruned.layer_exit, pruned.use_kd, pruned.classifier_memory) == \
+        (True, 0.5, False, False, False)
     with pytest.raises(ValueError, match="unknown component"):
         build_config(2, 6, ablate=["dropout"])
 
@@ -264,6 +269,24 @@ def test_plain_mode_trains_backbone_and_last_head_only(tiny, tmp_path):
     assert all(cfg[k] == v for k, v in PLAIN_SWITCHES.items())
     summary = json.loads((tmp_path / "p" / "train_summary.json").read_text())
     assert summary["final_dev"]["exit_layer_counts"] == {"1": 0, "2": 0, "3": 4}
+
+
+def test_plain_mode_with_token_exit_prunes_while_training_the_last_head(tiny, tmp_path):
+    """L14: ``--mode plain --set token_exit=true`` is the plain loss on a pruned forward pass: the same
+    parameters train as in plain mode, but from the first step the loss is another (tokens have exited)."""
+    train_model(_args(tiny, tmp_path / "p", mode="plain", max_steps=2))
+    train_model(_args(tiny, tmp_path / "t", mode="plain", max_steps=2,
+                      overrides={"token_exit": True, "r_ee": 0.5, "prune_layers": (1,)}))
+    w0 = load_mpee(tiny["enc"], seed=42).state_dict()
+    for run in ("p", "t"):
+        w = _weights(tmp_path / run / "final")
+        changed = {k for k in w if not torch.equal(w[k], w0[k])}
+        assert any(k.startswith("exits.2.") for k in changed) and "bert.embeddings.word_embeddings.weight" in changed
+        assert not any(k.startswith(("exits.0.", "exits.1.", "teacher.")) for k in changed)
+    cfg = json.loads((tmp_path / "t" / "final" / "mpee_config.json").read_text())
+    assert (cfg["token_exit"], cfg["layer_exit"], cfg["use_kd"]) == (True, False, False)
+    first = [next(r["loss"] for r in _log(tmp_path / run) if r["event"] == "train") for run in ("p", "t")]
+    assert first[0] != pytest.approx(first[1], rel=1e-4)
 
 
 def test_cli_errors_are_one_line_and_exit_2(tiny, tmp_path, capsys):

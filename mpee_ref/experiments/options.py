@@ -101,7 +101,9 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
 def build_config(num_labels: int, num_layers: int, *, preset: str = "paper", ablate: Sequence[str] = (),
                  overrides: dict[str, Any] | None = None, mode: str = "mpee") -> MPEEConfig:
     """The training config: preset, then each ``ablate`` (Table 2), then ``overrides``; ``mode="plain"``
-    then forces :data:`PLAIN_SWITCHES` (an override that contradicts them is an error)."""
+    then forces :data:`PLAIN_SWITCHES` (an override that contradicts them is an error), except that an
+    explicit ``token_exit=True`` keeps token pruning on: the last head's CE on a pruned forward pass
+    (pruning-aware fine-tuning of the top, L14 in docs/interpretation/layer_exit_and_losses.md)."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     if mode not in MODES:
@@ -118,11 +120,14 @@ def build_config(num_labels: int, num_layers: int, *, preset: str = "paper", abl
         cfg = cfg.without(name)
     cfg = replace(cfg, **overrides)
     if mode == "plain":
-        clash = {k: v for k, v in overrides.items() if k in PLAIN_SWITCHES and v != PLAIN_SWITCHES[k]}
+        switches = dict(PLAIN_SWITCHES)
+        if overrides.get("token_exit") is True:     # asked for: the last head's CE with tokens pruned (L14)
+            del switches["token_exit"]
+        clash = {k: v for k, v in overrides.items() if k in switches and v != switches[k]}
         if clash:
-            raise ValueError(f"--mode plain turns off token/layer exits, distillation and the classifier "
-                             f"memory; --set {clash} contradicts it")
+            raise ValueError(f"--mode plain turns off layer exits, distillation and the classifier memory "
+                             f"(token exits unless --set token_exit=true); --set {clash} contradicts it")
         if cfg.gamma is not None:          # the authors' γ weighting needs distillation; plain has none
             cfg = replace(cfg, gamma=None)
-        cfg = replace(cfg, **PLAIN_SWITCHES)
+        cfg = replace(cfg, **switches)
     return cfg

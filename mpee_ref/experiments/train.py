@@ -15,6 +15,8 @@ Defaults follow §4.4 where it says something, and are flags everywhere (each fl
 * ``--mode plain`` is the baseline: the same model with token exits, sample exits, distillation and
   the classifier memory off (:data:`~mpee_ref.experiments.options.PLAIN_SWITCHES`), trained with CE on
   the last layer's head only; heads 1..L-1 and the teacher get no gradient and stay as initialised.
+  ``--mode plain --set token_exit=true`` keeps token pruning on in that forward pass (L14 in
+  docs/interpretation/layer_exit_and_losses.md).
 * ``--device`` (default ``cpu``; ``cuda``, ``cuda:1``, ``mps``): where the model, every batch and every
   tensor of a step live. An unavailable device is a one-line error.
 
