@@ -32,7 +32,11 @@ def test_dry_run_prints_the_four_commands_and_runs_nothing(tmp_path, capsys):
     assert f"--model {tmp_path / 's' / 'joint' / 'final'}" in top and "--mode plain --freeze-layers 1" in top
     assert "--freeze-backbone --freeze-layers 1" in heads and "--head-lr-mult 20.0" in heads
     assert all("--seed 0" in l and "--max-steps 2" in l for l in lines)
+    assert "token_exit" not in out
     assert not (tmp_path / "s").exists()
+    assert four_stage.main(_argv(tmp_path, "--dry-run", "--prune-top")) == 0          # L14: stage 3 prunes
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[")]
+    assert ["--set token_exit=true" in l for l in lines] == [False, False, True, False]
 
 
 def test_plain_flag_reuses_a_model_and_a_bad_one_is_one_clear_error(tmp_path, capsys):

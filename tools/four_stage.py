@@ -6,7 +6,8 @@ the top, exits on the frozen result"), as one resumable command.
    starting from stage 1;
 3. ``top``: the plain loss on layers K+1..L, with the embeddings, layers 1..K and their exit heads frozen
    (``--freeze-layers K``, docs/interpretation/layer_exit_and_losses.md L13), so exits 1..K decide exactly
-   as after stage 2 while the top returns towards plain fine-tuning;
+   as after stage 2 while the top returns towards plain fine-tuning (``--prune-top``: with tokens exiting
+   in its forward pass, ``--set token_exit=true``, L14);
 4. ``heads``: the exit heads above K and the teacher (Eq. 14) on the stage-3 model frozen whole
    (``--freeze-backbone --freeze-layers K``), so those exits read the new features.
 
@@ -73,7 +74,7 @@ def plan(args: argparse.Namespace) -> list[Stage]:
         stage("plain", args.model, "--preset", "paper", "--mode", "plain", "--epochs", str(args.plain_epochs)),
         stage("joint", plain_model, *heads, "--epochs", str(args.epochs)),
         stage("top", out / "joint" / "final", "--preset", "recipe", "--mode", "plain", "--freeze-layers", k,
-              "--epochs", str(args.epochs)),
+              *(("--set", "token_exit=true") if args.prune_top else ()), "--epochs", str(args.epochs)),
         stage("heads", out / "top" / "final", *heads, "--freeze-backbone", "--freeze-layers", k,
               "--epochs", str(args.epochs)),
     ]
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=5e-5, help="backbone learning rate of every stage")
     ap.add_argument("--head-lr-mult", type=float, default=20.0, help="exit heads and teacher, stages 2 and 4")
     ap.add_argument("--freeze-layers", type=int, default=2, help="K: layers (and exits) frozen in stages 3-4")
+    ap.add_argument("--prune-top", action="store_true",
+                    help="stage 3 with token pruning on (--set token_exit=true, L14 in the interpretation docs)")
     ap.add_argument("--plain-epochs", type=int, default=3, help="stage 1")
     ap.add_argument("--epochs", type=int, default=1, help="stages 2, 3 and 4 each")
     ap.add_argument("--threads", type=int, default=1)
