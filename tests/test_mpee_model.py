@@ -298,3 +298,15 @@ def test_a_call_override_follows_a_changed_model_config():
     after = model.infer(x, threshold=0.0)                  # the same override, a new config underneath
     assert [s.tokens_per_layer for s in after.samples] == [(n,) * L for n in (13, 9, 5, 11)]
     assert [s.tokens_per_layer for s in before.samples] != [s.tokens_per_layer for s in after.samples]
+
+
+def test_configure_sets_a_field_for_every_later_call_and_refuses_parameter_fields():
+    model, x = make_model(), batch()
+    per_call = model.infer(x, threshold=0.0, prune_layers=(1,))
+    assert model.configure(prune_layers=(1,)) is model and model.mpee_config.prune_layers == (1,)
+    configured = model.infer(x, threshold=0.0)
+    assert [s.tokens_per_layer for s in configured.samples] == [s.tokens_per_layer for s in per_call.samples]
+    assert [s.prediction for s in configured.samples] == [s.prediction for s in per_call.samples]
+    with pytest.raises(ValueError, match="head is fixed by the trained parameters"):
+        model.configure(head="tanh")
+    assert model.mpee_config.head == "pooler"

@@ -66,6 +66,25 @@ def test_cli_writes_the_grid_consistent_with_evaluate_model(setup, tmp_path, cap
                                                      ["exit_layer_counts"].values()]
 
 
+def test_set_applies_a_config_field_to_every_point_and_is_recorded(setup, tmp_path, capsys):
+    """``--set prune_layers=2`` (token exits after layer 2 only): every point as ``evaluate_model`` with
+    the same field, unlike the default layers; written to sweep.json and named in sweep.md."""
+    argv = ["sweep", "--model", str(setup["enc"]), "--task", "sst-2", "--data-dir", str(setup["data_dir"]),
+            "--thresholds", f"0,{setup['mid']}", "--r-ee", "0.5", "--batch-size", "4", "--skip", "fig1", "--skip", "fig5"]
+    assert main(argv + ["--out", str(tmp_path / "a"), "--set", "prune_layers=2"]) == 0
+    assert main(argv + ["--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "sweep.json").read_text()) for d in "ab")
+    assert a["config_overrides"] == {"prune_layers": [2]} and b["config_overrides"] == {}
+    for p in a["points"]:
+        ref = evaluate_model(setup["model"], setup["dev"], "sst-2", 1, threshold=p["threshold"], r_ee=p["r_ee"],
+                             prune_layers=(2,))
+        assert p["exit_layer_counts"] == ref["exit_layer_counts"] and p["rho"] == pytest.approx(ref["rho"], rel=1e-12)
+        assert p["mean_tokens_per_layer"] == ref["mean_tokens_per_layer"]
+    assert a["points"][0]["mean_tokens_per_layer"][:2] != b["points"][0]["mean_tokens_per_layer"][:2]
+    assert "`--set prune_layers=2`" in (tmp_path / "a" / "sweep.md").read_text()
+    capsys.readouterr()
+
+
 def test_threshold_0_and_r_ee_0_is_the_no_exit_model(setup):
     (p,) = run_sweep(setup["model"], setup["data"], "sst-2", [0.0], [0.0], batch_size=3)
     plain = evaluate_model(setup["model"], setup["dev"], "sst-2", 1, token_exit=False, layer_exit=False)
@@ -122,10 +141,13 @@ def test_primary_metric_per_task():
     (["--thresholds", "0,abc"], "--thresholds"),
     (["--fig4-threshold", "0.2"], "--fig4-r-ee"),
     (["--batch-size", "0"], "--batch-size"),
+    (["--set", "r_ee=0.2"], "the grid sets them"),
+    (["--set", "prune_layers=x"], "prune_layers"),
+    (["--set", "num_labels=3"], "num_labels"),
 ])
 def test_cli_errors_are_one_line_and_exit_2(setup, tmp_path, capsys, extra, needle):
     rc = main(["sweep", "--model", str(setup["enc"]), "--task", "sst-2", "--data-dir", str(setup["data_dir"]),
                "--out", str(tmp_path), *extra])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [l for l in capsys.readouterr().err.strip().splitlines() if not l.startswith("note: ")]
     assert rc == 2 and len(err) == 1 and needle in err[0]
     assert not (tmp_path / "sweep.json").exists()

@@ -36,7 +36,7 @@ from .batching import EncodedDataset
 from .evaluate import evaluate_encoded
 from .flags import add_flags, command_parser, from_flags
 from .loading import SplitArgs, load_split
-from .options import comma_list
+from .options import comma_list, parse_overrides
 
 FORMAT = "mpee_ref-sweep-1"
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -106,7 +106,10 @@ def sweep_markdown(result: Mapping[str, Any]) -> str:
     order = sorted(range(len(points)), key=lambda i: (-points[i]["rho"], i))
     lines = [f"# Sweep: {result['task']} {result['split']}, {result['n_examples']} examples",
              "", f"Model `{result['model']}`; metrics in %; ρ = Eq. 15 (our FLOPs convention); "
-             f"batch size {result['batch_size']}.", "", "## All points (sorted by ρ)", "", head]
+             f"batch size {result['batch_size']}." + "".join(
+                 f" `--set {k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}`"
+                 for k, v in result.get("config_overrides", {}).items()),
+             "", "## All points (sorted by ρ)", "", head]
     lines += [_row(points[i], names) for i in order]
     lines += ["", f"## Pareto front ({result['metric']} vs ρ)", "", head]
     lines += [_row(points[i], names) for i in result["pareto_front"]]
@@ -121,6 +124,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--r-ee", default=",".join(f"{x:g}" for x in DEFAULT_R_EES), help="R_ee values")
     p.add_argument("--grid", default=None,
                    help="a baseline folder's knob values, comma list (default: the method's grid, docs/BASELINES.md)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_",
+                   help="any other MPEEConfig field for every point, e.g. prune_layers=3,4,5 (repeatable; "
+                        "F and R_ee come from the grid)")
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--fig4-threshold", type=float, default=None,
                    help="Fig. 4 operating point F (default: highest rho within 1 point of the best metric)")
@@ -138,15 +144,21 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--fig4-threshold and --fig4-r-ee go together (give both or neither)")
     thresholds, r_ees = comma_list(args.thresholds, float, "--thresholds"), comma_list(args.r_ee, float, "--r-ee")
     fig5_r = comma_list(args.fig5_r_ee, float, "--fig5-r-ee")
+    overrides = parse_overrides(args.set_)
+    if {"threshold", "r_ee"} & set(overrides):
+        raise ValueError("--set threshold/r_ee: the grid sets them; give --thresholds/--r-ee instead")
     loaded = load_split(from_flags(SplitArgs, args), allow_baseline=True)
     if loaded.is_baseline:
+        if overrides:
+            raise ValueError("--set: MPEE config fields; a baseline folder's knob is --grid")
         return _sweep_baseline(args, loaded)
+    loaded.model.configure(**overrides)
     result = sweep(loaded.model, loaded.data, loaded.spec.name, thresholds, r_ees, args.batch_size,
                    args.max_seq_length,
                    fig4=(args.fig4_threshold, args.fig4_r_ee) if args.fig4_threshold is not None else None,
                    fig5_r_ees=None if "fig5" in args.skip else fig5_r, fig1="fig1" not in args.skip,
                    progress=True)
-    result.update(model=str(loaded.folder), split=args.split)
+    result.update(model=str(loaded.folder), split=args.split, config_overrides=overrides)
     write_outputs(result, args.out)
     print(sweep_markdown(result), end="")
     return 0

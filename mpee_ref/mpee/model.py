@@ -401,12 +401,20 @@ class MPEEModel(nn.Module):
             self.mpee_config = replace(self.mpee_config, head_norm=False)
         return self
 
+    def configure(self, **overrides: Any) -> "MPEEModel":
+        """Set :class:`MPEEConfig` fields for every later call (e.g. ``prune_layers=(3, 4, 5)``), where
+        ``infer(..., **overrides)`` sets them for one call; fields fixed by the trained parameters
+        (``PARAMETER_FIELDS``) are refused. Returns the model."""
+        self._refuse_parameter_changes(overrides)
+        self.mpee_config = replace(self.mpee_config, **overrides)
+        return self
+
     def _refuse_parameter_changes(self, values: dict[str, Any]) -> None:
         """``values`` may not change a field fixed by the trained parameters (``PARAMETER_FIELDS``)."""
         for key in PARAMETER_FIELDS:
             if key in values and values[key] != getattr(self.mpee_config, key):
                 raise ValueError(f"{key} is fixed by the trained parameters ({getattr(self.mpee_config, key)!r}); "
-                                 f"it cannot be changed to {values[key]!r} for one call")
+                                 f"it cannot be changed to {values[key]!r}")
 
     # ------------------------------------------------------------------ shared per-layer pieces
     @staticmethod
