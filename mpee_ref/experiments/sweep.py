@@ -104,12 +104,11 @@ def sweep_markdown(result: Mapping[str, Any]) -> str:
     head = (f"| F | R_ee | {' | '.join(names)} | ρ | mean exit layer | mean tokens per layer |\n"
             f"|---|---|{'---|' * len(names)}---|---|---|")
     order = sorted(range(len(points)), key=lambda i: (-points[i]["rho"], i))
+    sets = "".join(f" `--set {k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}`"
+                   for k, v in result.get("config_overrides", {}).items())
     lines = [f"# Sweep: {result['task']} {result['split']}, {result['n_examples']} examples",
              "", f"Model `{result['model']}`; metrics in %; ρ = Eq. 15 (our FLOPs convention); "
-             f"batch size {result['batch_size']}." + "".join(
-                 f" `--set {k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}`"
-                 for k, v in result.get("config_overrides", {}).items()),
-             "", "## All points (sorted by ρ)", "", head]
+             f"batch size {result['batch_size']}.{sets}", "", "## All points (sorted by ρ)", "", head]
     lines += [_row(points[i], names) for i in order]
     lines += ["", f"## Pareto front ({result['metric']} vs ρ)", "", head]
     lines += [_row(points[i], names) for i in result["pareto_front"]]
